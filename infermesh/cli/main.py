@@ -1,0 +1,20 @@
+"""``infermesh`` entry point: registers one typer sub-app per command group."""
+
+from __future__ import annotations
+
+import typer
+
+import infermesh
+
+app = typer.Typer(
+    name="infermesh",
+    help="InferMesh: training-first orchestration for PyTorch.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the InferMesh version."""
+    typer.echo(f"infermesh {infermesh.__version__}")

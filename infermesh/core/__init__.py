@@ -1,0 +1,1 @@
+"""Shared value types, configuration helpers, errors and the clock (floor 1)."""

@@ -1,0 +1,45 @@
+"""The InferMesh error hierarchy.
+
+Every error a user can cause says what was wrong (quoting the bad value), what was expected
+and how to fix it. Command-line entry points turn :class:`UsageError` into a one-line message
+and exit code 2.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InferMeshError",
+    "LaunchError",
+    "PortInUse",
+    "UsageError",
+    "WorkerFailed",
+]
+
+
+class InferMeshError(Exception):
+    """Base class of every error InferMesh raises on purpose."""
+
+
+class UsageError(InferMeshError, ValueError):
+    """Bad user input: a flag, a config key or a path. Nothing was started."""
+
+
+class PortInUse(UsageError):
+    """A port the user named (or a fixed default) is taken by another program."""
+
+    def __init__(self, port: int, flag: str, host: str = "") -> None:
+        where = f"{host}:{port}" if host else str(port)
+        super().__init__(
+            f"port {where} ({flag}) is already in use by another program; "
+            f"free it or pass another port with {flag}"
+        )
+        self.port = port
+        self.flag = flag
+
+
+class LaunchError(InferMeshError):
+    """The launcher could not start or keep its workers running."""
+
+
+class WorkerFailed(LaunchError):
+    """A worker group failed for good (restarts exhausted); carries the root cause summary."""

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, OpenTelemetry tracing, shared label names (floor 2)."""

@@ -1,0 +1,1 @@
+"""Serving: router/ingress, routing strategies and the checkpoint model server (floor 3)."""
