@@ -43,3 +43,10 @@ class LaunchError(InferMeshError):
 
 class WorkerFailed(LaunchError):
     """A worker group failed for good (restarts exhausted); carries the root cause summary."""
+
+
+class CheckpointError(InferMeshError):
+    """A checkpoint is missing, unreadable or does not fit the job; the message names the path."""
+
+
+__all__ += ["CheckpointError"]
