@@ -27,10 +27,11 @@ class UsageError(InferMeshError, ValueError):
 class PortInUse(UsageError):
     """A port the user named (or a fixed default) is taken by another program."""
 
-    def __init__(self, port: int, flag: str, host: str = "") -> None:
+    def __init__(self, port: int, flag: str, host: str = "", owner: str = "") -> None:
         where = f"{host}:{port}" if host else str(port)
+        by = f" ({owner})" if owner else ""
         super().__init__(
-            f"port {where} ({flag}) is already in use by another program; "
+            f"port {where} ({flag}) is already in use by another program{by}; "
             f"free it or pass another port with {flag}"
         )
         self.port = port

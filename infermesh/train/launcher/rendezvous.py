@@ -1,0 +1,167 @@
+"""Rendezvous handlers of ``infermesh-run``: torch elastic's dynamic rendezvous, fixed.
+
+torch elastic 2.13's dynamic rendezvous shares one TCPStore across rounds by default. Two
+failures follow at default settings (reproduced on CPU with gloo):
+
+1. after a worker failure, restarted workers read the previous round's keys and gloo fails
+   with "Connection refused";
+2. a node that joins a running job (``--nnodes 1:2``) waits forever for ``MASTER_ADDR``:
+   the rank-0 agent cached its bootstrap info and never writes it into the new round.
+
+:class:`MeshRendezvousHandler` never shares the store: every round rank 0 picks a fresh
+port for the workers' store and publishes it under that round's prefix (what
+``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` does, without a process-wide environment switch).
+Workers therefore see ``TORCHELASTIC_USE_AGENT_STORE=False`` and rank 0 hosts their store.
+
+Backends that use it:
+
+- ``c10d`` -- the same TCPStore-based state as torchrun's c10d backend.
+- ``infermesh`` -- a TCPStore at ``--rdzv-endpoint`` when given; with no endpoint, a file
+  store under the run directory, so several launchers on one machine meet without any
+  port (a one-machine cell). The coordinator-backed state arrives with the control plane.
+
+The ``infermesh`` name is also registered for plain ``torchrun`` through the
+``torchrun.handlers`` entry point (:func:`handler_factory`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from datetime import timedelta
+
+from torch.distributed import PrefixStore
+from torch.distributed.elastic.rendezvous import (
+    RendezvousHandler,
+    RendezvousInfo,
+    RendezvousParameters,
+    RendezvousStoreInfo,
+)
+from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import create_backend
+from torch.distributed.elastic.rendezvous.dynamic_rendezvous import (
+    DynamicRendezvousHandler,
+    RendezvousTimeout,
+)
+from torch.distributed.elastic.rendezvous.static_tcp_rendezvous import (
+    StaticTCPRendezvous,
+    create_rdzv_handler,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MeshRendezvousHandler",
+    "MeshStaticRendezvous",
+    "create_handler",
+    "create_static_handler",
+    "handler_factory",
+]
+
+FILE_STORE_ENV = "INFERMESH_RDZV_FILE"
+"""Path of the file store the ``infermesh`` backend uses when no endpoint is given."""
+
+
+class MeshRendezvousHandler(DynamicRendezvousHandler):
+    """Dynamic rendezvous whose workers get a fresh store every round."""
+
+    backend_name = "c10d"
+    """The name users asked for (``c10d`` or ``infermesh``); torch checks it matches."""
+
+    def get_backend(self) -> str:
+        return self.backend_name
+
+    @property
+    def use_agent_store(self) -> bool:
+        return False
+
+    def next_rendezvous(self) -> RendezvousInfo:
+        # torch's own opt-out path builds fresh bootstrap info per round; take it for the
+        # duration of this call only, so the switch never leaks into worker environments.
+        saved = os.environ.get(_NO_SHARING_ENV)
+        os.environ[_NO_SHARING_ENV] = "1"
+        try:
+            return super().next_rendezvous()
+        finally:
+            if saved is None:
+                del os.environ[_NO_SHARING_ENV]
+            else:
+                os.environ[_NO_SHARING_ENV] = saved
+
+
+_NO_SHARING_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+
+
+class MeshStaticRendezvous(StaticTCPRendezvous):
+    """Static rendezvous (``--master-addr/--master-port``) whose workers get a fresh store.
+
+    torch's static handler makes every attempt's workers share the agent's store on
+    ``--master-port``; restarts then fail the same way as with the shared dynamic store.
+    Here each attempt works under its own key prefix, and rank 0 publishes a fresh port on
+    ``--master-addr`` for the workers' own store.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._round = 0
+
+    @property
+    def use_agent_store(self) -> bool:
+        return False
+
+    def next_rendezvous(self) -> RendezvousInfo:
+        info = super().next_rendezvous()
+        self._round += 1
+        store = PrefixStore(f"infermesh/round_{self._round}", info.store)
+        bootstrap = RendezvousStoreInfo.build(info.rank, store, local_addr=self.master_addr)
+        return RendezvousInfo(store, info.rank, info.world_size, bootstrap)
+
+
+def create_static_handler(params: RendezvousParameters) -> MeshStaticRendezvous:
+    """Static handler from torchrun's parameters (``rank`` in the config, endpoint)."""
+    base = create_rdzv_handler(params)
+    assert isinstance(base, StaticTCPRendezvous)  # noqa: S101 - torch's own factory
+    return MeshStaticRendezvous(
+        base.master_addr, base.master_port, base.rank, base.world_size, base.run_id,
+        int(base.timeout.total_seconds()),
+    )
+
+
+def _timeout(params: RendezvousParameters, key: str, default: int) -> timedelta:
+    return timedelta(seconds=params.get_as_int(f"{key}_timeout", default) or default)
+
+
+def create_handler(params: RendezvousParameters) -> RendezvousHandler:
+    """Create the handler for ``c10d`` or ``infermesh`` parameters."""
+    if params.backend == "infermesh" and not params.endpoint:
+        path = params.get(
+            "file", os.environ.get(FILE_STORE_ENV, f"/tmp/infermesh-rdzv-{params.run_id}")
+        )
+        params.config["store_type"] = "file"
+        params.endpoint = path
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    backend, store = create_backend(params)
+    timeout = RendezvousTimeout(
+        join=_timeout(params, "join", 600),
+        last_call=_timeout(params, "last_call", 30),
+        close=_timeout(params, "close", 30),
+        heartbeat=_timeout(params, "heartbeat", 5),
+    )
+    handler = MeshRendezvousHandler.from_backend(
+        params.run_id,
+        store,
+        backend,
+        params.min_nodes,
+        params.max_nodes,
+        params.local_addr,
+        timeout,
+        keep_alive_interval=params.get_as_int("keep_alive_interval", 5) or 5,
+        keep_alive_max_attempt=params.get_as_int("keep_alive_max_attempt", 3) or 3,
+    )
+    handler.backend_name = params.backend
+    return handler
+
+
+def handler_factory() -> Callable[[RendezvousParameters], RendezvousHandler]:
+    """Entry point ``torchrun.handlers: infermesh``: torch calls this to get the creator."""
+    return create_handler
