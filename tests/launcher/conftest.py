@@ -20,12 +20,17 @@ def launcher_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(tool: str, *args: str, cwd: Path, timeout: float = 90,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    tool: str, *args: str, cwd: Path, timeout: float = 90, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``tool`` (infermesh-run or torchrun) to completion; SIGTERM it on timeout."""
     proc = subprocess.Popen(
-        [str(BIN / tool), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=env or launcher_env(),
+        [str(BIN / tool), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or launcher_env(),
     )
     try:
         out, err = proc.communicate(timeout=timeout)

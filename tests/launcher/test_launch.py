@@ -41,8 +41,15 @@ def test_workers_get_the_same_environment_as_under_torchrun(
     common = [*nodes_args, "--nproc-per-node", "2", "--max-restarts", "1"]
     r = run("torchrun", *common, script("envdump.py"), str(theirs), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    r = run("infermesh-run", *common, "--worker-start", worker_start,
-            script("envdump.py"), str(ours), cwd=tmp_path)
+    r = run(
+        "infermesh-run",
+        *common,
+        "--worker-start",
+        worker_start,
+        script("envdump.py"),
+        str(ours),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     a, b = _dumps(theirs), _dumps(ours)
     assert sorted(a) == sorted(b) == ["env_0.json", "env_1.json"]
@@ -70,16 +77,26 @@ RENDEZVOUS = {
 }
 
 
-@pytest.mark.parametrize(("rendezvous", "runs"), [("standalone", 10), ("static", 3),
-                                                  ("infermesh", 3)])
+@pytest.mark.parametrize(
+    ("rendezvous", "runs"), [("standalone", 10), ("static", 3), ("infermesh", 3)]
+)
 def test_restart_after_a_worker_failure_succeeds_every_time(
     tmp_path: Path, rendezvous: str, runs: int
 ):
     """torchrun 2.13 fails most of these restarts with gloo 'Connection refused' or hangs."""
     for i in range(runs):
-        r = run("infermesh-run", *RENDEZVOUS[rendezvous], "--nproc-per-node", "2",
-                "--max-restarts", "2", "--run-dir", f"runs{i}", script("fail_once.py"),
-                cwd=tmp_path)
+        r = run(
+            "infermesh-run",
+            *RENDEZVOUS[rendezvous],
+            "--nproc-per-node",
+            "2",
+            "--max-restarts",
+            "2",
+            "--run-dir",
+            f"runs{i}",
+            script("fail_once.py"),
+            cwd=tmp_path,
+        )
         assert r.returncode == 0, f"run {i}: {r.stderr}"
         assert "rank 0 attempt 1 ok" in r.stdout and "rank 1 attempt 1 ok" in r.stdout
         assert "Connection refused" not in r.stderr
@@ -88,9 +105,23 @@ def test_restart_after_a_worker_failure_succeeds_every_time(
 
 def test_plain_torchrun_restarts_reliably_with_the_infermesh_backend(tmp_path: Path):
     """The entry point registers the fixed rendezvous for torchrun users too."""
-    r = run("torchrun", "--nnodes", "1", "--rdzv-backend", "infermesh", "--rdzv-id",
-            "tr-restart", "--rdzv-conf", f"file={tmp_path / 'rdzv'}", "--nproc-per-node", "2",
-            "--max-restarts", "2", script("fail_once.py"), cwd=tmp_path)
+    r = run(
+        "torchrun",
+        "--nnodes",
+        "1",
+        "--rdzv-backend",
+        "infermesh",
+        "--rdzv-id",
+        "tr-restart",
+        "--rdzv-conf",
+        f"file={tmp_path / 'rdzv'}",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        "2",
+        script("fail_once.py"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "rank 1 attempt 1 ok" in r.stdout
     assert "Connection refused" not in r.stderr
@@ -121,12 +152,30 @@ def test_scale_up_from_one_to_two_nodes(tmp_path: Path):
 
     def node(addr: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [str(BIN / "infermesh-run"), "--nnodes", "1:2", "--nproc-per-node", "1",
-             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-             "--rdzv-id", "scale-up-test", "--local-addr", addr,
-             "--rdzv-conf", "last_call_timeout=1",
-             script("elastic_world.py"), str(out), "2"],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                str(BIN / "infermesh-run"),
+                "--nnodes",
+                "1:2",
+                "--nproc-per-node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv-id",
+                "scale-up-test",
+                "--local-addr",
+                addr,
+                "--rdzv-conf",
+                "last_call_timeout=1",
+                script("elastic_world.py"),
+                str(out),
+                "2",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env=launcher_env(),
         )
 
@@ -152,8 +201,19 @@ def test_a_busy_master_port_is_a_clear_error_and_nothing_starts(tmp_path: Path):
         s.bind(("0.0.0.0", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = run("infermesh-run", "--nnodes", "2", "--node-rank", "0", "--master-port", str(port),
-                script("envdump.py"), str(tmp_path), cwd=tmp_path, timeout=30)
+        r = run(
+            "infermesh-run",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "0",
+            "--master-port",
+            str(port),
+            script("envdump.py"),
+            str(tmp_path),
+            cwd=tmp_path,
+            timeout=30,
+        )
     assert r.returncode == 2
     assert f"port {port} (--master-port) is already in use" in r.stderr
     assert r.stderr.count("infermesh-run: error:") == 1
@@ -162,15 +222,31 @@ def test_a_busy_master_port_is_a_clear_error_and_nothing_starts(tmp_path: Path):
 
 def test_a_busy_rendezvous_port_is_a_clear_error(tmp_path: Path):
     holder = subprocess.Popen(
-        ["python3", "-c", "import socket,sys;s=socket.socket();s.bind(('127.0.0.1',0));"
-         "s.listen();print(s.getsockname()[1],flush=True);sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            "python3",
+            "-c",
+            "import socket,sys;s=socket.socket();s.bind(('127.0.0.1',0));"
+            "s.listen();print(s.getsockname()[1],flush=True);sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         port = int(holder.stdout.readline())
-        r = run("infermesh-run", "--nnodes", "1:2", "--rdzv-backend", "c10d",
-                "--rdzv-endpoint", f"127.0.0.1:{port}", script("envdump.py"), str(tmp_path),
-                cwd=tmp_path, timeout=30)
+        r = run(
+            "infermesh-run",
+            "--nnodes",
+            "1:2",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            script("envdump.py"),
+            str(tmp_path),
+            cwd=tmp_path,
+            timeout=30,
+        )
     finally:
         holder.stdin.close()
         holder.wait(timeout=10)
@@ -187,16 +263,33 @@ def test_an_unnamed_port_is_chosen_free_even_when_29500_is_busy(tmp_path: Path):
             s.listen()
         except OSError:
             pass  # already busy: the condition under test holds anyway
-        r = run("infermesh-run", "--nproc-per-node", "2", script("envdump.py"), str(tmp_path),
-                cwd=tmp_path)
+        r = run(
+            "infermesh-run",
+            "--nproc-per-node",
+            "2",
+            script("envdump.py"),
+            str(tmp_path),
+            cwd=tmp_path,
+        )
     assert r.returncode == 0, r.stderr
     env = json.loads((tmp_path / "env_0.json").read_text())["env"]
     assert env["MASTER_PORT"] != "29500"
 
 
 def test_a_hung_worker_group_is_detected_and_restarted(tmp_path: Path):
-    r = run("infermesh-run", "--nproc-per-node", "2", "--max-restarts", "1",
-            "--hang-timeout", "2", "--run-dir", "runs", script("hang_once.py"), cwd=tmp_path)
+    r = run(
+        "infermesh-run",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        "1",
+        "--hang-timeout",
+        "2",
+        "--run-dir",
+        "runs",
+        script("hang_once.py"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "attempt 1 finished" in r.stdout
     assert "hung: no progress heartbeat" in r.stderr
@@ -211,11 +304,22 @@ def test_a_hung_worker_group_is_detected_and_restarted(tmp_path: Path):
 
 
 def test_a_hang_with_no_restarts_left_fails_with_a_summary(tmp_path: Path):
-    r = run("infermesh-run", "--nproc-per-node", "1", "--hang-timeout", "1.5",
-            script("hang_once.py"), "always", cwd=tmp_path)
+    r = run(
+        "infermesh-run",
+        "--nproc-per-node",
+        "1",
+        "--hang-timeout",
+        "1.5",
+        script("hang_once.py"),
+        "always",
+        cwd=tmp_path,
+    )
     assert r.returncode == 1
-    assert re.search(r"FAILED after [\d.]+s: rank 0 \(local 0\) on node \S+ hung: no progress "
-                     r"heartbeat for [\d.]+ s \(--hang-timeout 1.5\) in attempt 0", r.stderr)
+    assert re.search(
+        r"FAILED after [\d.]+s: rank 0 \(local 0\) on node \S+ hung: no progress "
+        r"heartbeat for [\d.]+ s \(--hang-timeout 1.5\) in attempt 0",
+        r.stderr,
+    )
     assert 'File "' + script("hang_once.py") in r.stderr
 
 
@@ -223,8 +327,17 @@ def test_a_hang_with_no_restarts_left_fails_with_a_summary(tmp_path: Path):
 def test_a_failure_summary_names_rank_node_exit_code_and_first_traceback(
     tmp_path: Path, worker_start: str
 ):
-    r = run("infermesh-run", "--nproc-per-node", "2", "--local-addr", "127.0.0.1",
-            "--worker-start", worker_start, script("raise_on_rank1.py"), cwd=tmp_path)
+    r = run(
+        "infermesh-run",
+        "--nproc-per-node",
+        "2",
+        "--local-addr",
+        "127.0.0.1",
+        "--worker-start",
+        worker_start,
+        script("raise_on_rank1.py"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 1
     summary = [line for line in r.stderr.splitlines() if " FAILED after " in line]
     assert len(summary) == 1
@@ -232,7 +345,7 @@ def test_a_failure_summary_names_rank_node_exit_code_and_first_traceback(
         "rank 1 (local 1) on node 127.0.0.1 exit code 1 in attempt 0: "
         "ValueError: bad batch at step 3"
     )
-    tail = r.stderr[r.stderr.index(summary[0]):]
+    tail = r.stderr[r.stderr.index(summary[0]) :]
     assert f'File "{script("raise_on_rank1.py")}", line 8, in load_batch' in tail
     assert "/attempt_0/rank_1" in tail
     (path,) = tmp_path.glob("runs/*/127.0.0.1/summary.json")
@@ -241,12 +354,24 @@ def test_a_failure_summary_names_rank_node_exit_code_and_first_traceback(
 
 
 def test_worker_lines_carry_node_and_ranks_and_logs_go_under_the_run_dir(tmp_path: Path):
-    r = run("infermesh-run", "--nproc-per-node", "2", "--local-addr", "127.0.0.1",
-            "--run-dir", "myruns", script("envdump.py"), str(tmp_path), cwd=tmp_path)
+    r = run(
+        "infermesh-run",
+        "--nproc-per-node",
+        "2",
+        "--local-addr",
+        "127.0.0.1",
+        "--run-dir",
+        "myruns",
+        script("envdump.py"),
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stdout.splitlines() if line]
-    assert sorted(lines) == ["[127.0.0.1 r0 l0]: hello from rank 0",
-                             "[127.0.0.1 r1 l1]: hello from rank 1"]
+    assert sorted(lines) == [
+        "[127.0.0.1 r0 l0]: hello from rank 0",
+        "[127.0.0.1 r1 l1]: hello from rank 1",
+    ]
     for rank in (0, 1):
         (log,) = tmp_path.glob(f"myruns/*/127.0.0.1/attempt_0/rank_{rank}/stdout.log")
         assert log.read_text() == f"hello from rank {rank}\n"

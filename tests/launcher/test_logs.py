@@ -22,8 +22,16 @@ def test_exit_codes_and_signals_are_described_in_words():
 
 def test_root_cause_comes_from_the_error_file_when_there_is_one(tmp_path: Path):
     ef = tmp_path / "error.json"
-    ef.write_text(json.dumps({"message": {"message": "ValueError: bad batch at step 3",
-                                          "extraInfo": {"py_callstack": TB, "timestamp": "1"}}}))
+    ef.write_text(
+        json.dumps(
+            {
+                "message": {
+                    "message": "ValueError: bad batch at step 3",
+                    "extraInfo": {"py_callstack": TB, "timestamp": "1"},
+                }
+            }
+        )
+    )
     assert first_traceback(str(ef), "") == ("ValueError: bad batch at step 3", TB)
 
 

@@ -26,11 +26,23 @@ def test_every_torchrun_flag_is_accepted_in_both_spellings():
 def test_torchrun_style_command_line_parses(tmp_path: Path):
     s = tmp_path / "train.py"
     s.write_text("")
-    opts = parse_options([
-        "--nnodes=1:4", "--nproc_per_node", "2", "--rdzv_backend", "c10d",
-        "--rdzv-endpoint", "node0:29400", "--max_restarts=3", "--rdzv-conf",
-        "join_timeout=30,read_timeout=10", str(s), "--lr", "3e-4",
-    ])
+    opts = parse_options(
+        [
+            "--nnodes=1:4",
+            "--nproc_per_node",
+            "2",
+            "--rdzv_backend",
+            "c10d",
+            "--rdzv-endpoint",
+            "node0:29400",
+            "--max_restarts=3",
+            "--rdzv-conf",
+            "join_timeout=30,read_timeout=10",
+            str(s),
+            "--lr",
+            "3e-4",
+        ]
+    )
     assert (opts.min_nodes, opts.max_nodes, opts.nproc_per_node) == (1, 4, 2)
     assert opts.rdzv_conf == {"join_timeout": "30", "read_timeout": "10"}
     assert opts.max_restarts == 3
@@ -84,8 +96,10 @@ def test_bad_input_gets_a_one_line_error_exit_2_and_starts_nothing(
     (tmp_path / "unknown.yaml").write_text("hang_timout: 3\n")
     (tmp_path / "broken.yaml").write_text("hang_timeout: [1,\n")
     argv_t, expected = BAD_INPUTS[case]
-    argv = [a.format(script="train.py", unknown_cfg="unknown.yaml", broken_cfg="broken.yaml")
-            for a in argv_t]
+    argv = [
+        a.format(script="train.py", unknown_cfg="unknown.yaml", broken_cfg="broken.yaml")
+        for a in argv_t
+    ]
     assert launcher_main.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
@@ -104,7 +118,8 @@ def test_nnodes_auto_without_a_coordinator_means_this_machine(tmp_path: Path, ca
     assert (opts.min_nodes, opts.max_nodes) == (1, 1)
     lines = [r.getMessage() for r in caplog.records if "--nnodes auto" in r.getMessage()]
     assert lines == [
-        "--nnodes auto: no coordinator reachable at 127.0.0.1:1; running on this machine only (1 node)"
+        "--nnodes auto: no coordinator reachable at 127.0.0.1:1; "
+        "running on this machine only (1 node)"
     ]
 
 

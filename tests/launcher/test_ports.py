@@ -39,10 +39,15 @@ def test_busy_master_port_names_the_port_and_the_flag(busy_port: int):
 
 def test_busy_rendezvous_port_held_by_another_program_is_an_error():
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import socket,sys;s=socket.socket();s.bind(('127.0.0.1',0));s.listen();"
-         "print(s.getsockname()[1],flush=True);sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import socket,sys;s=socket.socket();s.bind(('127.0.0.1',0));s.listen();"
+            "print(s.getsockname()[1],flush=True);sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         port = int(holder.stdout.readline())

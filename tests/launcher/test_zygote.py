@@ -23,10 +23,16 @@ def zygote():
 def _req(tmp_path: Path, body: str, *args: str, **kw) -> SpawnRequest:
     script = tmp_path / "w.py"
     script.write_text(body)
-    return SpawnRequest(script=str(script), args=list(args), env={"HELLO": "1", "PATH": "/bin"},
-                        cwd=str(tmp_path), stdout=str(tmp_path / "out.log"),
-                        stderr=str(tmp_path / "err.log"),
-                        error_file=str(tmp_path / "error.json"), **kw)
+    return SpawnRequest(
+        script=str(script),
+        args=list(args),
+        env={"HELLO": "1", "PATH": "/bin"},
+        cwd=str(tmp_path),
+        stdout=str(tmp_path / "out.log"),
+        stderr=str(tmp_path / "err.log"),
+        error_file=str(tmp_path / "error.json"),
+        **kw,
+    )
 
 
 def test_forked_worker_sees_its_own_argv_env_cwd_and_main(zygote: Zygote, tmp_path: Path):
@@ -57,7 +63,9 @@ def test_an_uncaught_exception_writes_the_error_file_and_exits_1(zygote: Zygote,
     err = json.loads((tmp_path / "error.json").read_text())["message"]
     assert err["message"] == "KeyError: 'k'"
     assert "zygote.py" not in err["extraInfo"]["py_callstack"]
-    assert 'File "' + str(tmp_path / "w.py") + '", line 2, in f' in (tmp_path / "err.log").read_text()
+    assert (
+        'File "' + str(tmp_path / "w.py") + '", line 2, in f' in (tmp_path / "err.log").read_text()
+    )
 
 
 def test_a_worker_killed_by_a_signal_reports_minus_the_signal(zygote: Zygote, tmp_path: Path):

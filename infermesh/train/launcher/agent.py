@@ -109,7 +109,9 @@ class MeshAgent(LocalElasticAgent):
                 "TORCHELASTIC_MAX_RESTARTS": str(spec.max_restarts),
                 "TORCHELASTIC_RUN_ID": spec.rdzv_handler.get_run_id(),
                 "TORCHELASTIC_USE_AGENT_STORE": str(use_agent_store),
-                "TORCH_NCCL_ASYNC_ERROR_HANDLING": os.getenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
+                "TORCH_NCCL_ASYNC_ERROR_HANDLING": os.getenv(
+                    "TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"
+                ),
             }
             self._set_local_rank_env(env, w.local_rank, spec)
             if "OMP_NUM_THREADS" in os.environ:
@@ -177,7 +179,7 @@ class MeshAgent(LocalElasticAgent):
 
     def _hung_workers(self, worker_group: WorkerGroup) -> dict[int, float]:
         """local rank -> seconds since its last heartbeat, for workers past the timeout."""
-        assert self._hang_timeout is not None  # noqa: S101 - checked by the caller
+        assert self._hang_timeout is not None
         now = time.time()
         hung: dict[int, float] = {}
         for w in worker_group.workers:
@@ -191,7 +193,7 @@ class MeshAgent(LocalElasticAgent):
         return hung
 
     def _fail_hung(self, worker_group: WorkerGroup, hung: dict[int, float]) -> RunResult:
-        assert self._pcontext is not None  # noqa: S101 - workers are running
+        assert self._pcontext is not None
         pids = self._pcontext.pids()
         if self._zygote is not None:
             self._dump_stacks([pids[lr] for lr in hung])
@@ -204,18 +206,27 @@ class MeshAgent(LocalElasticAgent):
             if stderr and os.path.exists(stderr):
                 text = Path(stderr).read_text(errors="replace")
                 dump = re.search(r"(?m)^(Current thread|Thread) 0x", text)
-                stack = text[dump.start():] if dump else ""
+                stack = text[dump.start() :] if dump else ""
             message = (
                 f"hung: no progress heartbeat for {age:.1f} s "
                 f"(--hang-timeout {self._hang_timeout:g})"
             )
             if error_file and not os.path.exists(error_file):
                 with open(error_file, "w") as f:
-                    json.dump({"message": {"message": message, "extraInfo": {
-                        "py_callstack": stack or "(no stack dump; run with --worker-start fork)",
-                        "timestamp": str(int(time.time()))}}}, f)
-            logger.error("rank %s (local %s) on node %s %s", w.global_rank, lr, self.node,
-                         message)
+                    json.dump(
+                        {
+                            "message": {
+                                "message": message,
+                                "extraInfo": {
+                                    "py_callstack": stack
+                                    or "(no stack dump; run with --worker-start fork)",
+                                    "timestamp": str(int(time.time())),
+                                },
+                            }
+                        },
+                        f,
+                    )
+            logger.error("rank %s (local %s) on node %s %s", w.global_rank, lr, self.node, message)
             failures[w.global_rank] = ProcessFailure(
                 local_rank=lr, pid=pids[lr], exitcode=-int(signal.SIGTERM), error_file=error_file
             )
@@ -247,19 +258,21 @@ class MeshAgent(LocalElasticAgent):
             reason = describe_exit(f.exitcode)
             if message.startswith("hung:"):
                 reason, message = message, ""
-            self.failures.append(FailureRecord(
-                attempt=self._attempt,
-                rank=global_rank,
-                local_rank=lr,
-                node=self.node,
-                pid=f.pid,
-                exitcode=f.exitcode,
-                reason=reason,
-                message=message,
-                traceback=tb,
-                time=when or float(f.timestamp),
-                log_dir=os.path.dirname(error_file) if error_file else "",
-            ))
+            self.failures.append(
+                FailureRecord(
+                    attempt=self._attempt,
+                    rank=global_rank,
+                    local_rank=lr,
+                    node=self.node,
+                    pid=f.pid,
+                    exitcode=f.exitcode,
+                    reason=reason,
+                    message=message,
+                    traceback=tb,
+                    time=when or float(f.timestamp),
+                    log_dir=os.path.dirname(error_file) if error_file else "",
+                )
+            )
         for rec in self._attempt_failures(self._attempt):
             logger.warning("worker failed: %s", rec.headline())
 
@@ -278,9 +291,9 @@ def _stack_written(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("SigPnd") or line.startswith("ShdPnd"):
-                    if int(line.split()[1], 16) & (1 << (signal.SIGUSR1 - 1)):
-                        return False
+                pending = line.startswith(("SigPnd", "ShdPnd")) and int(line.split()[1], 16)
+                if pending and pending & (1 << (signal.SIGUSR1 - 1)):
+                    return False
     except OSError:
         return True
     return True

@@ -97,11 +97,12 @@ def _resolve_rendezvous(opts: LaunchOptions) -> None:
         opts.standalone = True
     elif coordinator and opts.coordinator:
         logger.warning("--coordinator is used only with --nnodes auto; ignoring it")
-    if opts.standalone:
-        opts.rdzv_backend, opts.rdzv_endpoint = "c10d", "localhost:0"
-        opts.rdzv_id = _run_id_for(opts)
-    elif (opts.rdzv_backend == "static" and not opts.rdzv_endpoint
-          and opts.master_port is None and opts.max_nodes == 1):
+    if opts.standalone or (
+        opts.rdzv_backend == "static"
+        and not opts.rdzv_endpoint
+        and opts.master_port is None
+        and opts.max_nodes == 1
+    ):
         opts.rdzv_backend, opts.rdzv_endpoint = "c10d", "localhost:0"
         opts.rdzv_id = _run_id_for(opts)
     if opts.master_port is None:
@@ -141,7 +142,8 @@ def _set_omp_threads(nproc: int) -> None:
         os.environ["OMP_NUM_THREADS"] = "1"
         logger.warning(
             "OMP_NUM_THREADS=1 for each of the %s workers (as torchrun); "
-            "set OMP_NUM_THREADS to tune it", nproc
+            "set OMP_NUM_THREADS to tune it",
+            nproc,
         )
 
 
@@ -222,10 +224,13 @@ def _logs_specs(opts: LaunchOptions, run_root: Path) -> Any:
                 f"that name is installed"
             )
         cls = next(iter(eps)).load()
-        return cls(log_dir=str(run_root), redirects=redirects, tee=tee,
-                   local_ranks_filter=opts.local_ranks_filter)
-    return RunDirLogsSpecs(str(run_root), opts.node_name, redirects, tee,
-                           opts.local_ranks_filter)
+        return cls(
+            log_dir=str(run_root),
+            redirects=redirects,
+            tee=tee,
+            local_ranks_filter=opts.local_ranks_filter,
+        )
+    return RunDirLogsSpecs(str(run_root), opts.node_name, redirects, tee, opts.local_ranks_filter)
 
 
 def _entrypoint(opts: LaunchOptions, fork: bool) -> tuple[Any, list[str]]:
@@ -269,7 +274,8 @@ def _run_agent(
         master_port=None,
         local_addr=opts.local_addr,
         event_log_handler=opts.event_log_handler,
-        numa_options=None if opts.numa_binding is None
+        numa_options=None
+        if opts.numa_binding is None
         else NumaOptions(affinity_mode=AffinityMode(opts.numa_binding)),
         duplicate_stdout_filters=opts.duplicate_stdout_filters,
         duplicate_stderr_filters=opts.duplicate_stderr_filters,
@@ -346,8 +352,10 @@ def _report(
         )
         return
     if root is None:
-        print(f"infermesh-run: {opts.rdzv_id} {status} after {took}; logs in {node_dir}",
-              file=sys.stderr)
+        print(
+            f"infermesh-run: {opts.rdzv_id} {status} after {took}; logs in {node_dir}",
+            file=sys.stderr,
+        )
         return
     lines = [f"infermesh-run: {opts.rdzv_id} FAILED after {took}: {root.headline()}"]
     if root.traceback:

@@ -82,85 +82,247 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     # Worker and node counts.
-    add("--nnodes", action=_Env, default="1:1",
-        help="Number of nodes: N, MIN:MAX, or 'auto' (the cell decides).")
-    add("--nproc-per-node", "--nproc_per_node", action=_Env, default="1",
-        help="Workers per node: an integer or one of auto, cpu, gpu, xpu.")
+    add(
+        "--nnodes",
+        action=_Env,
+        default="1:1",
+        help="Number of nodes: N, MIN:MAX, or 'auto' (the cell decides).",
+    )
+    add(
+        "--nproc-per-node",
+        "--nproc_per_node",
+        action=_Env,
+        default="1",
+        help="Workers per node: an integer or one of auto, cpu, gpu, xpu.",
+    )
     # Rendezvous.
-    add("--rdzv-backend", "--rdzv_backend", action=_Env, default="static",
-        help="Rendezvous backend: static, c10d, infermesh, etcd, etcd-v2 or a plug-in name.")
-    add("--rdzv-endpoint", "--rdzv_endpoint", action=_Env, default="",
-        help="Rendezvous endpoint, usually HOST:PORT.")
+    add(
+        "--rdzv-backend",
+        "--rdzv_backend",
+        action=_Env,
+        default="static",
+        help="Rendezvous backend: static, c10d, infermesh, etcd, etcd-v2 or a plug-in name.",
+    )
+    add(
+        "--rdzv-endpoint",
+        "--rdzv_endpoint",
+        action=_Env,
+        default="",
+        help="Rendezvous endpoint, usually HOST:PORT.",
+    )
     add("--rdzv-id", "--rdzv_id", action=_Env, default="none", help="Job id shared by all nodes.")
-    add("--rdzv-conf", "--rdzv_conf", action=_Env, default="",
-        help="Extra rendezvous settings: KEY=VALUE,KEY=VALUE.")
-    add("--standalone", action=_EnvFlag,
-        help="Single-node job: a local rendezvous on a free port; ignores --rdzv-* values.")
+    add(
+        "--rdzv-conf",
+        "--rdzv_conf",
+        action=_Env,
+        default="",
+        help="Extra rendezvous settings: KEY=VALUE,KEY=VALUE.",
+    )
+    add(
+        "--standalone",
+        action=_EnvFlag,
+        help="Single-node job: a local rendezvous on a free port; ignores --rdzv-* values.",
+    )
     # Worker lifecycle.
-    add("--max-restarts", "--max_restarts", action=_Env, type=int, default=0,
-        help="Worker group restarts allowed before the job fails.")
-    add("--monitor-interval", "--monitor_interval", action=_Env, type=float, default=0.1,
-        help="Seconds between checks of the workers' state.")
-    add("--start-method", "--start_method", action=_Env, default="spawn", choices=_START_METHODS,
-        help="Multiprocessing start method for --run-path workers.")
-    add("--event-log-handler", "--event_log_handler", action=_Env, default="null",
-        help="Name of a registered torch elastic event handler.")
+    add(
+        "--max-restarts",
+        "--max_restarts",
+        action=_Env,
+        type=int,
+        default=0,
+        help="Worker group restarts allowed before the job fails.",
+    )
+    add(
+        "--monitor-interval",
+        "--monitor_interval",
+        action=_Env,
+        type=float,
+        default=0.1,
+        help="Seconds between checks of the workers' state.",
+    )
+    add(
+        "--start-method",
+        "--start_method",
+        action=_Env,
+        default="spawn",
+        choices=_START_METHODS,
+        help="Multiprocessing start method for --run-path workers.",
+    )
+    add(
+        "--event-log-handler",
+        "--event_log_handler",
+        action=_Env,
+        default="null",
+        help="Name of a registered torch elastic event handler.",
+    )
     add("--role", action=_Env, default="default", help="User-defined role of the workers.")
     add("-m", "--module", action=_EnvFlag, help="Run the script as a module, like python -m.")
-    add("--no-python", "--no_python", action=_EnvFlag,
-        help="Execute the script directly, without prepending python.")
-    add("--run-path", "--run_path", action=_EnvFlag,
-        help="Run the script with runpy.run_path in a multiprocessing worker.")
-    add("--log-dir", "--log_dir", action=_Env, default=None,
-        help="Base directory for worker logs; default: the run directory (--run-dir).")
-    add("-r", "--redirects", action=_Env, default=None,
+    add(
+        "--no-python",
+        "--no_python",
+        action=_EnvFlag,
+        help="Execute the script directly, without prepending python.",
+    )
+    add(
+        "--run-path",
+        "--run_path",
+        action=_EnvFlag,
+        help="Run the script with runpy.run_path in a multiprocessing worker.",
+    )
+    add(
+        "--log-dir",
+        "--log_dir",
+        action=_Env,
+        default=None,
+        help="Base directory for worker logs; default: the run directory (--run-dir).",
+    )
+    add(
+        "-r",
+        "--redirects",
+        action=_Env,
+        default=None,
         help="Streams written to per-rank log files: 0 none, 1 out, 2 err, 3 both (default 3), "
-        "or per local rank as 0:3,1:0.")
-    add("-t", "--tee", action=_Env, default=None,
-        help="Streams written to the log files and also to the console (default 3).")
-    add("--local-ranks-filter", "--local_ranks_filter", action=_Env, default="",
-        help="Only show these local ranks on the console, e.g. 0,1.")
-    add("--duplicate-stdout-filters", "--duplicate_stdout_filters", action=_Env,
-        type=_comma_list, default=[],
-        help="Also copy stdout lines containing any of these strings to a filtered log file.")
-    add("--duplicate-stderr-filters", "--duplicate_stderr_filters", action=_Env,
-        type=_comma_list, default=[],
-        help="Also copy stderr lines containing any of these strings to a filtered log file.")
+        "or per local rank as 0:3,1:0.",
+    )
+    add(
+        "-t",
+        "--tee",
+        action=_Env,
+        default=None,
+        help="Streams written to the log files and also to the console (default 3).",
+    )
+    add(
+        "--local-ranks-filter",
+        "--local_ranks_filter",
+        action=_Env,
+        default="",
+        help="Only show these local ranks on the console, e.g. 0,1.",
+    )
+    add(
+        "--duplicate-stdout-filters",
+        "--duplicate_stdout_filters",
+        action=_Env,
+        type=_comma_list,
+        default=[],
+        help="Also copy stdout lines containing any of these strings to a filtered log file.",
+    )
+    add(
+        "--duplicate-stderr-filters",
+        "--duplicate_stderr_filters",
+        action=_Env,
+        type=_comma_list,
+        default=[],
+        help="Also copy stderr lines containing any of these strings to a filtered log file.",
+    )
     # Static rendezvous (torch.distributed.launch compatibility).
-    add("--node-rank", "--node_rank", type=int, action=_Env, default=0,
-        help="Rank of this node (static rendezvous only).")
-    add("--master-addr", "--master_addr", action=_Env, default="127.0.0.1",
-        help="Address of the rank-0 node (static rendezvous only).")
-    add("--master-port", "--master_port", type=int, action=_Env, default=None,
-        help="Port on the rank-0 node (static rendezvous only; default 29500).")
-    add("--local-addr", "--local_addr", action=_Env, default=None,
-        help="Address of this node, used by the rendezvous and as the node name.")
-    add("--logs-specs", "--logs_specs", default=None,
-        help="Name of a torchrun.logs_specs entry point that decides where logs go.")
-    add("--numa-binding", "--numa_binding", default=None, choices=_NUMA_MODES,
-        help="Bind workers to CPUs near their GPU.")
-    add("--signals-to-handle", "--signals_to_handle", action=_Env,
+    add(
+        "--node-rank",
+        "--node_rank",
+        type=int,
+        action=_Env,
+        default=0,
+        help="Rank of this node (static rendezvous only).",
+    )
+    add(
+        "--master-addr",
+        "--master_addr",
+        action=_Env,
+        default="127.0.0.1",
+        help="Address of the rank-0 node (static rendezvous only).",
+    )
+    add(
+        "--master-port",
+        "--master_port",
+        type=int,
+        action=_Env,
+        default=None,
+        help="Port on the rank-0 node (static rendezvous only; default 29500).",
+    )
+    add(
+        "--local-addr",
+        "--local_addr",
+        action=_Env,
+        default=None,
+        help="Address of this node, used by the rendezvous and as the node name.",
+    )
+    add(
+        "--logs-specs",
+        "--logs_specs",
+        default=None,
+        help="Name of a torchrun.logs_specs entry point that decides where logs go.",
+    )
+    add(
+        "--numa-binding",
+        "--numa_binding",
+        default=None,
+        choices=_NUMA_MODES,
+        help="Bind workers to CPUs near their GPU.",
+    )
+    add(
+        "--signals-to-handle",
+        "--signals_to_handle",
+        action=_Env,
         default="SIGTERM,SIGINT,SIGHUP,SIGQUIT",
-        help="Signals forwarded to the workers.")
-    add("--shutdown-timeout", "--shutdown_timeout", action=_Env, type=int, default=None,
-        help="Seconds to wait for workers to stop before SIGKILL (default 30).")
-    add("--virtual-local-rank", "--virtual_local_rank", action=_EnvFlag,
-        help="LOCAL_RANK=0 in every worker; CUDA_VISIBLE_DEVICES selects its GPU.")
+        help="Signals forwarded to the workers.",
+    )
+    add(
+        "--shutdown-timeout",
+        "--shutdown_timeout",
+        action=_Env,
+        type=int,
+        default=None,
+        help="Seconds to wait for workers to stop before SIGKILL (default 30).",
+    )
+    add(
+        "--virtual-local-rank",
+        "--virtual_local_rank",
+        action=_EnvFlag,
+        help="LOCAL_RANK=0 in every worker; CUDA_VISIBLE_DEVICES selects its GPU.",
+    )
     # InferMesh additions.
-    add("--coordinator", action=_Env, default=None,
-        help="HOST:PORT of the cell coordinator (used by --nnodes auto).")
-    add("--hang-timeout", "--hang_timeout", action=_Env, type=float, default=None,
+    add(
+        "--coordinator",
+        action=_Env,
+        default=None,
+        help="HOST:PORT of the cell coordinator (used by --nnodes auto).",
+    )
+    add(
+        "--hang-timeout",
+        "--hang_timeout",
+        action=_Env,
+        type=float,
+        default=None,
         help="Restart the worker group when a worker sent no progress heartbeat "
-        "(infermesh.train.heartbeat()) for this many seconds. Off by default.")
-    add("--run-dir", "--run_dir", action=_Env, default="runs",
-        help="Directory for per-run logs, error files, heartbeats and summaries.")
-    add("--worker-start", "--worker_start", action=_Env, default=None, choices=("fork", "exec"),
+        "(infermesh.train.heartbeat()) for this many seconds. Off by default.",
+    )
+    add(
+        "--run-dir",
+        "--run_dir",
+        action=_Env,
+        default="runs",
+        help="Directory for per-run logs, error files, heartbeats and summaries.",
+    )
+    add(
+        "--worker-start",
+        "--worker_start",
+        action=_Env,
+        default=None,
+        choices=("fork", "exec"),
         help="fork: fork workers from a template that imported torch once (default for "
-        "Python scripts); exec: start each worker as a new interpreter, like torchrun.")
-    add("--preload", action=_Env, default="torch,torch.distributed",
-        help="Modules the fork template imports before forking workers (comma-separated).")
-    add("--config", action=_Env, default=None,
-        help="YAML file with defaults for any long flag (e.g. hang_timeout: 300).")
+        "Python scripts); exec: start each worker as a new interpreter, like torchrun.",
+    )
+    add(
+        "--preload",
+        action=_Env,
+        default="torch,torch.distributed",
+        help="Modules the fork template imports before forking workers (comma-separated).",
+    )
+    add(
+        "--config",
+        action=_Env,
+        default=None,
+        help="YAML file with defaults for any long flag (e.g. hang_timeout: 300).",
+    )
     add("training_script", help="The training script (or module with -m) and its arguments.")
     add("training_script_args", nargs=argparse.REMAINDER)
     return p
@@ -266,12 +428,13 @@ def _load_config_file(path: str, parser: argparse.ArgumentParser) -> dict[str, A
                 raise UsageError(f"--config {path}: {key} must be true or false, got {value!r}")
             out[dest] = value
         elif action.type is not None and value is not None:
+            convert: Any = action.type
             try:
-                out[dest] = action.type(str(value)) if action.type is _comma_list else action.type(value)  # type: ignore[operator]
+                out[dest] = convert(str(value) if convert is _comma_list else value)
             except (TypeError, ValueError):
+                kind = getattr(convert, "__name__", "value")
                 raise UsageError(
-                    f"--config {path}: {key} must be a {getattr(action.type, '__name__', 'value')}, "
-                    f"got {value!r}"
+                    f"--config {path}: {key} must be a {kind}, got {value!r}"
                 ) from None
         else:
             out[dest] = None if value is None else str(value)
@@ -346,8 +509,7 @@ def _parse_ranks_filter(value: str) -> set[int] | None:
         ranks = {int(s) for s in value.split(",")}
     except ValueError:
         raise UsageError(
-            f"--local-ranks-filter {value!r}: expected a comma-separated list of integers, "
-            f"e.g. 0,1"
+            f"--local-ranks-filter {value!r}: expected a comma-separated list of integers, e.g. 0,1"
         ) from None
     return ranks
 

@@ -23,8 +23,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["check_master_port", "check_rendezvous_port", "is_local_host", "port_is_free"]
 
-_LAUNCHER_MARKERS = ("infermesh-run", "infermesh.train.launcher", "torchrun",
-                     "torch.distributed.run", "torch.distributed.launch")
+_LAUNCHER_MARKERS = (
+    "infermesh-run",
+    "infermesh.train.launcher",
+    "torchrun",
+    "torch.distributed.run",
+    "torch.distributed.launch",
+)
 
 
 def port_is_free(port: int, host: str = "") -> bool:

@@ -120,9 +120,13 @@ class MeshStaticRendezvous(StaticTCPRendezvous):
 def create_static_handler(params: RendezvousParameters) -> MeshStaticRendezvous:
     """Static handler from torchrun's parameters (``rank`` in the config, endpoint)."""
     base = create_rdzv_handler(params)
-    assert isinstance(base, StaticTCPRendezvous)  # noqa: S101 - torch's own factory
+    assert isinstance(base, StaticTCPRendezvous)
     return MeshStaticRendezvous(
-        base.master_addr, base.master_port, base.rank, base.world_size, base.run_id,
+        base.master_addr,
+        base.master_port,
+        base.rank,
+        base.world_size,
+        base.run_id,
         int(base.timeout.total_seconds()),
     )
 

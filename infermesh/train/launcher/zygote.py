@@ -80,10 +80,17 @@ class Zygote:
     def start(cls, preload: list[str], env: dict[str, str] | None = None) -> Zygote:
         """Start the template; it imports ``preload`` in the background of the caller."""
         parent, child = socket.socketpair()
-        cmd = [sys.executable, "-m", "infermesh.train.launcher.zygote", str(child.fileno()),
-               ",".join(preload)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "infermesh.train.launcher.zygote",
+            str(child.fileno()),
+            ",".join(preload),
+        ]
         proc = subprocess.Popen(
-            cmd, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+            cmd,
+            pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL,
             env=env if env is not None else os.environ.copy(),
         )
         child.close()
@@ -204,8 +211,16 @@ def _serve(fd: int, preload: list[str]) -> None:
         return
     # Idle BLAS thread pools (OpenBLAS starts one at import unless OMP_NUM_THREADS=1) are
     # shut down and restarted around fork by the library itself; they are reported only.
-    _send(sock, {"ready": True, "import_s": round(time.perf_counter() - t0, 3),
-                 "preloaded": preload, "pid": os.getpid(), "threads": _thread_count()})
+    _send(
+        sock,
+        {
+            "ready": True,
+            "import_s": round(time.perf_counter() - t0, 3),
+            "preloaded": preload,
+            "pid": os.getpid(),
+            "threads": _thread_count(),
+        },
+    )
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -216,13 +231,13 @@ def _serve(fd: int, preload: list[str]) -> None:
     try:
         while True:
             try:
-                ready, _, _ = select.select([sock, wake_r], [], [])
+                ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
             except InterruptedError:
                 continue
             if wake_r in ready:
                 os.read(wake_r, 4096)
             _reap(sock, children)
-            if sock in ready:
+            if sock.fileno() in ready:
                 chunk = sock.recv(65536)
                 if not chunk:
                     break
@@ -262,8 +277,9 @@ def _reap(sock: socket.socket, children: set[int]) -> None:
             return
         children.discard(pid)
         try:
-            _send(sock, {"exit": pid, "code": os.waitstatus_to_exitcode(status),
-                         "time": time.time()})
+            _send(
+                sock, {"exit": pid, "code": os.waitstatus_to_exitcode(status), "time": time.time()}
+            )
         except OSError:
             return
 
@@ -307,10 +323,15 @@ def _run_worker(req: SpawnRequest) -> int:
     _redirect(1, req.stdout)
     _redirect(2, req.stderr)
     # python -u: unbuffered binary layer, text layer writes through.
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True,
-                                  line_buffering=True)
-    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True,
-                                  line_buffering=True, errors="backslashreplace")
+    sys.stdout = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False), write_through=True, line_buffering=True
+    )
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False),
+        write_through=True,
+        line_buffering=True,
+        errors="backslashreplace",
+    )
     sys.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the worker
     faulthandler.enable(file=sys.stderr, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
@@ -345,7 +366,7 @@ def _run_worker(req: SpawnRequest) -> int:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except Exception:  # noqa: BLE001 - the worker is exiting anyway
+            except Exception:
                 pass
     return code
 
