@@ -125,3 +125,28 @@ def test_nnodes_auto_without_a_coordinator_means_this_machine(tmp_path: Path, ca
 
 def test_usage_error_is_a_value_error():
     assert issubclass(UsageError, ValueError)
+
+
+def test_nnodes_auto_with_a_live_coordinator_address_is_refused_until_the_client_exists(
+    tmp_path: Path,
+):
+    import socket
+
+    s = tmp_path / "train.py"
+    s.write_text("")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        addr = f"127.0.0.1:{listener.getsockname()[1]}"
+        opts = parse_options(["--nnodes", "auto", "--coordinator", addr, str(s)])
+        with pytest.raises(UsageError, match="no coordinator client yet"):
+            launcher_main._resolve_rendezvous(opts)
+
+
+def test_coordinator_without_nnodes_auto_is_reported_as_unused(tmp_path: Path, caplog):
+    s = tmp_path / "train.py"
+    s.write_text("")
+    opts = parse_options(["--coordinator", "127.0.0.1:1", str(s)])
+    with caplog.at_level(logging.WARNING, logger="infermesh"):
+        launcher_main._resolve_rendezvous(opts)
+    assert "--coordinator is used only with --nnodes auto; ignoring it" in caplog.text

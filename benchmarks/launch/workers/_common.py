@@ -60,6 +60,11 @@ def train_step(model: DistributedDataParallel, opt: torch.optim.Optimizer) -> fl
 
 
 def teardown() -> None:
-    """Leave the process group cleanly."""
+    """Leave the process group cleanly.
+
+    The barrier keeps one rank from tearing down its gloo pairs while the other still uses
+    them (that race aborts a worker with "terminate called without an active exception").
+    """
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

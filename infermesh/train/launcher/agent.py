@@ -32,14 +32,51 @@ from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElas
 from torch.distributed.elastic.multiprocessing import LogsSpecs, ProcessFailure, start_processes
 from torch.distributed.elastic.utils import macros
 
+from infermesh.obs import metrics
+from infermesh.obs.tracing import get_tracer
 from infermesh.train.heartbeat import HEARTBEAT_ENV
 from infermesh.train.launcher.logs import FailureRecord, describe_exit, first_traceback
 from infermesh.train.launcher.workers import ForkedContext
 from infermesh.train.launcher.zygote import Zygote
 
 logger = logging.getLogger(__name__)
+tracer = get_tracer(__name__)
 
 __all__ = ["MeshAgent"]
+
+_RESTARTS = metrics.counter(
+    "infermesh_launcher_restarts", "Worker group restarts after a failure or hang.", ("job", "node")
+)
+_FAILURES = metrics.counter(
+    "infermesh_launcher_worker_failures",
+    "Worker failures (exits, signals, hangs) by rank.",
+    ("job", "node", "rank"),
+)
+_HANGS = metrics.counter(
+    "infermesh_launcher_hangs",
+    "Worker groups failed for a missing progress heartbeat.",
+    ("job", "node"),
+)
+_WORKERS = metrics.gauge(
+    "infermesh_launcher_workers", "Workers of this node currently running.", ("job", "node")
+)
+_HEARTBEAT_AGE = metrics.gauge(
+    "infermesh_launcher_heartbeat_age_seconds",
+    "Seconds since the worker's last progress heartbeat (or its start).",
+    ("job", "node", "rank"),
+)
+_RDZV_SECONDS = metrics.histogram(
+    "infermesh_launcher_rendezvous_seconds",
+    "Duration of rendezvous rounds.",
+    ("job", "node"),
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+_START_SECONDS = metrics.histogram(
+    "infermesh_launcher_worker_start_seconds",
+    "Time to start the local worker group (fork or exec).",
+    ("job", "node"),
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 
 class MeshAgent(LocalElasticAgent):
@@ -81,8 +118,55 @@ class MeshAgent(LocalElasticAgent):
         self._started_at = 0.0
         self._attempt = 0
 
+    @property
+    def _labels(self) -> dict[str, str]:
+        return {"job": self._worker_group.spec.rdzv_handler.get_run_id(), "node": self.node}
+
+    # -- rendezvous and restarts ------------------------------------------------------
+    def _rendezvous(self, worker_group: WorkerGroup) -> None:
+        t0 = time.perf_counter()
+        with tracer.start_as_current_span("rendezvous") as span:
+            span.set_attributes(
+                {**self._labels, "backend": worker_group.spec.rdzv_handler.get_backend()}
+            )
+            super()._rendezvous(worker_group)
+            span.set_attributes(
+                {
+                    "group_rank": worker_group.group_rank or 0,
+                    "group_world_size": worker_group.group_world_size or 0,
+                    "world_size": worker_group.workers[0].world_size if worker_group.workers else 0,
+                }
+            )
+        _RDZV_SECONDS.labels(**self._labels).observe(time.perf_counter() - t0)
+
+    def _restart_workers(self, worker_group: WorkerGroup) -> None:
+        with tracer.start_as_current_span("restart_workers") as span:
+            span.set_attributes({**self._labels, "reason": worker_group.state.name})
+            if worker_group.state in (WorkerState.FAILED, WorkerState.UNHEALTHY):
+                _RESTARTS.labels(**self._labels).inc()
+            super()._restart_workers(worker_group)
+
+    def _stop_workers(self, worker_group: WorkerGroup) -> None:
+        super()._stop_workers(worker_group)
+        _WORKERS.labels(**self._labels).set(0)
+
     # -- starting ---------------------------------------------------------------------
     def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
+        t0 = time.perf_counter()
+        with tracer.start_as_current_span("start_workers") as span:
+            span.set_attributes(
+                {
+                    **self._labels,
+                    "local_world_size": len(worker_group.workers),
+                    "worker_start": "fork" if self._zygote else "exec",
+                }
+            )
+            pids = self._start_workers_now(worker_group)
+        _START_SECONDS.labels(**self._labels).observe(time.perf_counter() - t0)
+        _WORKERS.labels(**self._labels).set(len(pids))
+        return pids
+
+    def _start_workers_now(self, worker_group: WorkerGroup) -> dict[int, Any]:
         spec = worker_group.spec
         attempt = spec.max_restarts - self._remaining_restarts
         self._attempt = attempt
@@ -169,28 +253,30 @@ class MeshAgent(LocalElasticAgent):
     # -- monitoring -------------------------------------------------------------------
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
         result = super()._monitor_workers(worker_group)
-        if result.state == WorkerState.HEALTHY and self._hang_timeout:
-            hung = self._hung_workers(worker_group)
+        if result.state == WorkerState.HEALTHY:
+            ages = self._heartbeat_ages(worker_group)
+            limit = self._hang_timeout
+            hung = {lr: age for lr, age in ages.items() if limit and age > limit}
             if hung:
+                _HANGS.labels(**self._labels).inc()
                 result = self._fail_hung(worker_group, hung)
         if result.state == WorkerState.FAILED:
             self._record_failures(worker_group, result)
         return result
 
-    def _hung_workers(self, worker_group: WorkerGroup) -> dict[int, float]:
-        """local rank -> seconds since its last heartbeat, for workers past the timeout."""
-        assert self._hang_timeout is not None
+    def _heartbeat_ages(self, worker_group: WorkerGroup) -> dict[int, float]:
+        """local rank -> seconds since its last heartbeat (or since it started)."""
         now = time.time()
-        hung: dict[int, float] = {}
+        ages: dict[int, float] = {}
         for w in worker_group.workers:
             path = self._heartbeats.get(w.local_rank)
             try:
                 last = max(os.stat(path).st_mtime, self._started_at) if path else self._started_at
             except FileNotFoundError:
                 last = self._started_at
-            if now - last > self._hang_timeout:
-                hung[w.local_rank] = now - last
-        return hung
+            ages[w.local_rank] = now - last
+            _HEARTBEAT_AGE.labels(**self._labels, rank=str(w.global_rank)).set(now - last)
+        return ages
 
     def _fail_hung(self, worker_group: WorkerGroup, hung: dict[int, float]) -> RunResult:
         assert self._pcontext is not None
@@ -248,6 +334,7 @@ class MeshAgent(LocalElasticAgent):
     def _record_failures(self, worker_group: WorkerGroup, result: RunResult) -> None:
         ctx = self._pcontext
         for global_rank, f in result.failures.items():
+            _FAILURES.labels(**self._labels, rank=str(global_rank)).inc()
             lr = f.local_rank
             stderr = ctx.stderrs.get(lr, "") if ctx is not None else ""
             error_file = ctx.error_files.get(lr, "") if ctx is not None else f.error_file

@@ -163,10 +163,23 @@ def launch(opts: LaunchOptions) -> int:
     if opts.worker_start == "fork":
         zygote = Zygote.start(opts.preload)
     try:
+        if opts.metrics_port is not None:
+            _serve_metrics(opts.metrics_port)
         return _run_agent(opts, nproc, run_root, node_dir, zygote)
     finally:
         if zygote is not None:
             zygote.close()
+
+
+def _serve_metrics(port: int) -> None:
+    from infermesh.obs.metrics import serve
+
+    try:
+        serve(port)
+    except OSError as e:
+        raise UsageError(
+            f"--metrics-port {port}: cannot listen ({e.strerror}); pass a free port or 0"
+        ) from None
 
 
 def _safe_name(name: str) -> str:
@@ -256,6 +269,7 @@ def _run_agent(
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.numa.binding import AffinityMode, NumaOptions
 
+    from infermesh.obs.tracing import get_tracer
     from infermesh.train.launcher.agent import MeshAgent
     from infermesh.train.launcher.logs import prefix
 
@@ -306,7 +320,16 @@ def _run_agent(
     status, code = "failed", 1
     shutdown_rdzv = True
     try:
-        result = agent.run()
+        with get_tracer(__name__).start_as_current_span("launch") as span:
+            span.set_attributes(
+                {
+                    "job": opts.rdzv_id,
+                    "node": opts.node_name,
+                    "local_world_size": nproc,
+                    "backend": opts.rdzv_backend,
+                }
+            )
+            result = agent.run()
         events.record(agent.get_event_succeeded(), opts.event_log_handler)
         if result is None or not result.is_failed():
             status, code = "succeeded", 0

@@ -15,6 +15,8 @@ Differences from torchrun, all additive:
   ``DIR/<run_id>/`` (default ``runs``), not ``/tmp``.
 - ``--worker-start fork|exec``: ``fork`` (default for Python scripts) forks workers from a
   template process that imported torch once, so restarts do not pay for the import again.
+- ``--metrics-port PORT``: Prometheus ``/metrics`` of the launcher (restarts, failures,
+  hangs, heartbeat ages, rendezvous and start durations).
 - ``--config FILE``: YAML mapping of any of the long flags above (``hang_timeout: 300``).
 - ``-r/--redirects`` and ``-t/--tee`` default to ``3`` (both streams to the per-rank log
   files and to the console, each line prefixed with node, global rank and local rank).
@@ -318,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Modules the fork template imports before forking workers (comma-separated).",
     )
     add(
+        "--metrics-port",
+        "--metrics_port",
+        action=_Env,
+        type=int,
+        default=None,
+        help="Serve Prometheus metrics of this launcher on this port (0: any free port).",
+    )
+    add(
         "--config",
         action=_Env,
         default=None,
@@ -374,6 +384,8 @@ class LaunchOptions:
     worker_start: str
     """``fork`` (template process) or ``exec`` (a fresh interpreter per worker)."""
     preload: list[str]
+    metrics_port: int | None
+    """Port of this launcher's ``/metrics`` endpoint; None: no endpoint."""
     training_script: str
     training_script_args: list[str]
     explicit_master_port: bool
@@ -558,6 +570,8 @@ def parse_options(argv: list[str] | None = None) -> LaunchOptions:
         raise UsageError(
             f"--hang-timeout {ns.hang_timeout}: must be a positive number of seconds, e.g. 300"
         )
+    if ns.metrics_port is not None and not (0 <= ns.metrics_port <= 65535):
+        raise UsageError(f"--metrics-port {ns.metrics_port}: must be a port number (0-65535)")
     if ns.master_port is not None and not (0 <= ns.master_port <= 65535):
         raise UsageError(f"--master-port {ns.master_port}: must be a port number (0-65535)")
     redirects = _parse_std("--redirects", ns.redirects if ns.redirects is not None else "3")
@@ -612,6 +626,7 @@ def parse_options(argv: list[str] | None = None) -> LaunchOptions:
         run_dir=ns.run_dir,
         worker_start=worker_start,
         preload=[m.strip() for m in ns.preload.split(",") if m.strip()],
+        metrics_port=ns.metrics_port,
         training_script=ns.training_script,
         training_script_args=list(ns.training_script_args),
         explicit_master_port=ns.master_port is not None,
