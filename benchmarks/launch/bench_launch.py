@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import statistics
@@ -63,6 +64,9 @@ SAMPLE_INTERVAL_S = 0.05
 KILL_GRACE_S = 10.0
 MIB = 1024.0 * 1024.0
 DASH = "\N{EN DASH}"
+
+INFERMESH_ARGS: list[str] = []
+"""Extra infermesh-run options from ``--infermesh-args`` (default: none)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,11 @@ class RunRecord:
     values: dict[str, float] = field(default_factory=dict)
     error: str = ""
     log: str = ""
+
+    @property
+    def exit_nonzero_after_metric(self) -> bool:
+        """The values were measured, but the launcher still exited non-zero (or timed out)."""
+        return self.ok and self.returncode != 0
 
 
 def launcher_path(name: str) -> str:
@@ -297,7 +306,7 @@ def _command(launcher: str, tmp: Path, extra: Sequence[str], script: Sequence[st
     """The launcher command line; infermesh-run keeps its run directory in ``tmp``."""
     cmd = [launcher_path(launcher), "--standalone", "--nproc-per-node", str(NPROC), *extra]
     if launcher == "infermesh-run":
-        cmd[1:1] = ["--run-dir", str(tmp / "runs")]
+        cmd[1:1] = ["--run-dir", str(tmp / "runs"), *INFERMESH_ARGS]
     return [*cmd, *script]
 
 
@@ -307,7 +316,10 @@ def scenario_a(launcher: str, tmp: Path, log: Path, timeout: float) -> Outcome:
     cmd = _command(launcher, tmp, [], [str(WORKERS / "first_step.py")])
     res = run_launcher(cmd, _base_env(stamps_dir), log, timeout, sample=False)
     stamps = _read_stamps(stamps_dir, "first_step.rank")
-    if res.returncode == 0 and len(stamps) == NPROC:
+    if len(stamps) == NPROC:
+        # The metric is complete once every rank has stepped; a non-zero exit after that (gloo's
+        # "terminate called without an active exception" at interpreter exit, seen with exec'd
+        # workers) is kept in the record and flagged in the table, not dropped.
         return res, {"a": max(stamps) - res.t0}, ""
     return res, {}, f"{len(stamps)}/{NPROC} ranks recorded a first step"
 
@@ -374,6 +386,8 @@ def run_one(scenario: str, launcher: str, run: int, order: int, timeout: float) 
         log=str(log.relative_to(REPO)),
     )
     shown = ", ".join(f"{k}={v:.3f}" for k, v in record.values.items()) or error
+    if record.exit_nonzero_after_metric:
+        shown += f" (launcher exit code {res.returncode} after the step)"
     print(f"  [{scenario} run {run}] {launcher:13s} {res.wall_s:6.2f}s  {shown}", file=sys.stderr)
     return record
 
@@ -394,10 +408,12 @@ def summarize(records: list[RunRecord], metrics: Sequence[str], runs: int) -> li
             scenario = "b" if metric == "d" else metric
             per: dict[str, list[float]] = {}
             failed: dict[str, int] = {}
+            late: dict[str, int] = {}
             for launcher in LAUNCHERS:
                 mine = [r for r in records if r.scenario == scenario and r.launcher == launcher]
                 per[launcher] = [r.values[row.key] for r in mine if row.key in r.values]
                 failed[launcher] = len(mine) - len(per[launcher])
+                late[launcher] = sum(r.exit_nonzero_after_metric for r in mine)
             tr, im = per["torchrun"], per["infermesh-run"]
             ratio = statistics.median(im) / statistics.median(tr) if tr and im else None
             met = None if row.target is None or ratio is None else ratio <= row.target
@@ -410,6 +426,7 @@ def summarize(records: list[RunRecord], metrics: Sequence[str], runs: int) -> li
                     "torchrun": tr,
                     "infermesh-run": im,
                     "failed": failed,
+                    "exit_nonzero_after_metric": late,
                     "runs": runs,
                     "median": {k: statistics.median(v) if v else None for k, v in per.items()},
                     "ratio": ratio,
@@ -425,7 +442,10 @@ def render_table(rows: list[dict[str, Any]], facts: dict[str, str], runs: int) -
         f"Machine: {facts['cpu']}, {facts['cores']} cores; torch {facts['torch']}; "
         f"Python {facts['python']}; {facts['date']}. "
         f"{NPROC} workers (--standalone), {runs} interleaved run(s) per launcher; "
-        f"median (min{DASH}max).",
+        f"median (min{DASH}max)."
+        + (
+            f" infermesh-run extra options: {shlex.join(INFERMESH_ARGS)}." if INFERMESH_ARGS else ""
+        ),
         "",
         f"| metric | torchrun median (min{DASH}max) | infermesh-run median (min{DASH}max) "
         "| ratio (infermesh/torchrun) | target |",
@@ -438,6 +458,9 @@ def render_table(rows: list[dict[str, Any]], facts: dict[str, str], runs: int) -
             cell = f"{_fmt(row[launcher], digits)} {row['unit']}"
             if row["failed"][launcher]:
                 cell += f" [{row['failed'][launcher]} of {row['runs']} failed]"
+            if row["exit_nonzero_after_metric"][launcher]:
+                n = row["exit_nonzero_after_metric"][launcher]
+                cell += f" [{n} of {row['runs']} exited non-zero after the step]"
             cells.append(cell)
         ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:.2f}"
         if row["target"] is None:
@@ -456,6 +479,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default="a,b,c,d", help="comma-separated metrics (a,b,c,d)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per launch (120)")
     p.add_argument("--warmup", type=int, default=1, help="discarded (a) launches first (1)")
+    p.add_argument(
+        "--infermesh-args",
+        default="",
+        help="extra infermesh-run options, e.g. '--preload torch,torch.distributed,torch._dynamo'",
+    )
     p.add_argument("--quick", action="store_true", help="smoke test: one run of (a), no warmup")
     args = p.parse_args(argv)
     if args.quick:
@@ -473,6 +501,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the table; 1 if some row has no value for a launcher."""
     args = parse_args(argv)
+    INFERMESH_ARGS[:] = shlex.split(args.infermesh_args)
     for name in LAUNCHERS:
         launcher_path(name)
     (OUT / "logs").mkdir(parents=True, exist_ok=True)
@@ -510,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "nproc_per_node": NPROC,
             "sample_interval_s": SAMPLE_INTERVAL_S,
             "launchers": {name: launcher_path(name) for name in LAUNCHERS},
+            "infermesh_args": INFERMESH_ARGS,
         },
         "rows": rows,
         "records": [asdict(r) for r in records],

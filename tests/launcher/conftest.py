@@ -43,3 +43,26 @@ def run(
 
 def script(name: str) -> str:
     return str(SCRIPTS / name)
+
+
+@pytest.fixture
+def foreign_listener():
+    """(pid, port) of another program (not a launcher) listening on a loopback port."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket,sys;s=socket.socket();s.bind(('127.0.0.1',0));s.listen();"
+            "print(s.getsockname()[1],flush=True);sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        yield holder.pid, int(holder.stdout.readline())
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)

@@ -220,36 +220,21 @@ def test_a_busy_master_port_is_a_clear_error_and_nothing_starts(tmp_path: Path):
     assert not list(tmp_path.glob("env_*.json"))
 
 
-def test_a_busy_rendezvous_port_is_a_clear_error(tmp_path: Path):
-    holder = subprocess.Popen(
-        [
-            "python3",
-            "-c",
-            "import socket,sys;s=socket.socket();s.bind(('127.0.0.1',0));"
-            "s.listen();print(s.getsockname()[1],flush=True);sys.stdin.read()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+def test_a_busy_rendezvous_port_is_a_clear_error(tmp_path: Path, foreign_listener):
+    _, port = foreign_listener
+    r = run(
+        "infermesh-run",
+        "--nnodes",
+        "1:2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        script("envdump.py"),
+        str(tmp_path),
+        cwd=tmp_path,
+        timeout=30,
     )
-    try:
-        port = int(holder.stdout.readline())
-        r = run(
-            "infermesh-run",
-            "--nnodes",
-            "1:2",
-            "--rdzv-backend",
-            "c10d",
-            "--rdzv-endpoint",
-            f"127.0.0.1:{port}",
-            script("envdump.py"),
-            str(tmp_path),
-            cwd=tmp_path,
-            timeout=30,
-        )
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=10)
     assert r.returncode == 2
     assert f"127.0.0.1:{port} (--rdzv-endpoint) is already in use" in r.stderr
     assert not list(tmp_path.glob("env_*.json"))

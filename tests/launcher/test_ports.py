@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 
 import pytest
 
@@ -37,27 +35,12 @@ def test_busy_master_port_names_the_port_and_the_flag(busy_port: int):
     assert "pass another port with --master-port" in str(e.value)
 
 
-def test_busy_rendezvous_port_held_by_another_program_is_an_error():
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import socket,sys;s=socket.socket();s.bind(('127.0.0.1',0));s.listen();"
-            "print(s.getsockname()[1],flush=True);sys.stdin.read()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        port = int(holder.stdout.readline())
-        with pytest.raises(PortInUse) as e:
-            check_rendezvous_port("127.0.0.1", port)
-        assert f"127.0.0.1:{port} (--rdzv-endpoint)" in str(e.value)
-        assert f"pid {holder.pid}" in str(e.value)
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=10)
+def test_busy_rendezvous_port_held_by_another_program_is_an_error(foreign_listener):
+    pid, port = foreign_listener
+    with pytest.raises(PortInUse) as e:
+        check_rendezvous_port("127.0.0.1", port)
+    assert f"127.0.0.1:{port} (--rdzv-endpoint)" in str(e.value)
+    assert f"pid {pid}" in str(e.value)
 
 
 def test_port_zero_and_remote_hosts_are_not_checked():
