@@ -6,7 +6,9 @@ Each test launches real worker processes through the console script, as a user w
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -368,3 +370,74 @@ def test_bad_input_from_the_console_script_exits_2_with_one_line(tmp_path: Path)
     assert r.stderr.strip().count("\n") == 0
     assert "minimum 3 is larger than maximum 2" in r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
+
+
+def _start_sleepers(tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
+    proc = subprocess.Popen(
+        [str(BIN / "infermesh-run"), "--nproc-per-node", "2", script("sleeper.py"), str(tmp_path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=launcher_env(),
+    )
+    for rank in (0, 1):
+        _wait_for(tmp_path / f"pid_{rank}", proc, timeout=60)
+    return proc, [int((tmp_path / f"pid_{r}").read_text()) for r in (0, 1)]
+
+
+def _wait_gone(pids: list[int], timeout: float = 20) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+def test_sigterm_stops_the_workers_and_exits_143(tmp_path: Path):
+    proc, pids = _start_sleepers(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert "interrupted by SIGTERM" in err
+    assert _wait_gone(pids) == []
+
+
+def test_a_killed_launcher_leaves_no_orphaned_workers(tmp_path: Path):
+    """torchrun killed with SIGKILL leaves its workers running; the template cleans up."""
+    proc, pids = _start_sleepers(tmp_path)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert _wait_gone(pids) == []
+
+
+def test_a_module_run_with_dash_m_sees_what_torchrun_gives_it(tmp_path: Path):
+    repo = Path(__file__).resolve().parents[2]
+    seen = {}
+    for tool in ("torchrun", "infermesh-run"):
+        out = tmp_path / tool
+        out.mkdir()
+        r = run(
+            tool,
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "tests.launcher.scripts.envdump",
+            str(out),
+            cwd=repo,
+            env=launcher_env(PYTHONPATH=str(repo)),
+        )
+        assert r.returncode == 0, r.stderr
+        seen[tool] = json.loads((out / "env_1.json").read_text())
+    a, b = seen["torchrun"], seen["infermesh-run"]
+    for key in ("path0", "name", "file", "cwd"):
+        assert a[key] == b[key], key
+    assert a["argv"][0] == b["argv"][0]
