@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 import infermesh
+from infermesh.cli import runs
 
 app = typer.Typer(
     name="infermesh",
@@ -18,3 +19,6 @@ app = typer.Typer(
 def version() -> None:
     """Print the InferMesh version."""
     typer.echo(f"infermesh {infermesh.__version__}")
+
+
+app.add_typer(runs.app, name="runs")

@@ -8,6 +8,7 @@ and exit code 2.
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "InferMeshError",
     "LaunchError",
     "PortInUse",
@@ -48,6 +49,3 @@ class WorkerFailed(LaunchError):
 
 class CheckpointError(InferMeshError):
     """A checkpoint is missing, unreadable or does not fit the job; the message names the path."""
-
-
-__all__ += ["CheckpointError"]

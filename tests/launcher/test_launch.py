@@ -441,3 +441,31 @@ def test_a_module_run_with_dash_m_sees_what_torchrun_gives_it(tmp_path: Path):
     for key in ("path0", "name", "file", "cwd"):
         assert a[key] == b[key], key
     assert a["argv"][0] == b["argv"][0]
+
+
+def test_a_rendezvous_that_never_fills_times_out_with_advice(tmp_path: Path):
+    port = _free_port()
+    r = run(
+        "infermesh-run",
+        "--nnodes",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        "lonely",
+        "--rdzv-conf",
+        "join_timeout=2",
+        script("envdump.py"),
+        str(tmp_path),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert (
+        "error: rendezvous 'lonely' timed out: fewer than 2 node(s) joined; start the other "
+        "nodes, or raise --rdzv-conf join_timeout=SECONDS"
+    ) in r.stderr
+    (summary,) = tmp_path.glob("runs/lonely/*/summary.json")
+    assert json.loads(summary.read_text())["status"].startswith("error: rendezvous")

@@ -363,6 +363,11 @@ class MeshAgent(LocalElasticAgent):
         for rec in self._attempt_failures(self._attempt):
             logger.warning("worker failed: %s", rec.headline())
 
+    @property
+    def restarts(self) -> int:
+        """Restarts spent on failures and hangs (membership changes are free)."""
+        return self._worker_group.spec.max_restarts - self._remaining_restarts
+
     def _attempt_failures(self, attempt: int) -> list[FailureRecord]:
         return sorted((r for r in self.failures if r.attempt == attempt), key=lambda r: r.time)
 

@@ -13,7 +13,6 @@ Order of work, chosen so that a launch costs one ``import torch`` of wall time, 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -28,6 +27,7 @@ from infermesh.core.errors import InferMeshError, UsageError
 from infermesh.train.launcher.options import LaunchOptions, parse_options
 from infermesh.train.launcher.ports import check_master_port, check_rendezvous_port
 from infermesh.train.launcher.zygote import Zygote, ZygoteUnavailable
+from infermesh.train.runs import RunSummary
 
 logger = logging.getLogger("infermesh.train.launcher")
 
@@ -337,6 +337,10 @@ def _run_agent(
         shutdown_rdzv = False  # keep the rendezvous open for the other nodes
         status, code = f"interrupted by {e.sigval.name}", 128 + int(e.sigval)
         events.record(agent.get_event_failed(), opts.event_log_handler)
+    except Exception as e:  # rendezvous timeouts, a lost store, a dead template...
+        logger.debug("agent failed", exc_info=True)
+        status = _describe_agent_error(e, opts)
+        events.record(agent.get_event_failed(), opts.event_log_handler)
     finally:
         if shutdown_rdzv:
             handler.shutdown()
@@ -344,43 +348,56 @@ def _run_agent(
     return code
 
 
+def _describe_agent_error(e: Exception, opts: LaunchOptions) -> str:
+    from torch.distributed.elastic.rendezvous import RendezvousTimeoutError
+
+    if isinstance(e, RendezvousTimeoutError):
+        return (
+            f"error: rendezvous '{opts.rdzv_id}' timed out: fewer than {opts.min_nodes} node(s) "
+            f"joined; start the other nodes, or raise --rdzv-conf join_timeout=SECONDS"
+        )
+    first = str(e).splitlines()[0] if str(e) else ""
+    return f"error: {type(e).__name__}: {first}"
+
+
 def _report(
     opts: LaunchOptions, agent: Any, status: str, started: float, node_dir: Path, nproc: int
 ) -> None:
     ended = time.time()
     root = agent.root_cause() if status != "succeeded" else None
-    summary: dict[str, Any] = {
-        "run_id": opts.rdzv_id,
-        "node": opts.node_name,
-        "status": status,
-        "started": started,
-        "ended": ended,
-        "attempts": agent.attempts,
-        "restarts": max(agent.attempts - 1, 0),
-        "local_world_size": nproc,
-        "script": opts.training_script,
-        "failures": [f.to_dict() for f in agent.failures],
-        "root_cause": root.to_dict() if root else None,
-    }
-    tmp = node_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, node_dir / "summary.json")
+    run_name = node_dir.parent.name
+    summary = RunSummary(
+        run_id=run_name,
+        rdzv_id=opts.rdzv_id,
+        node=opts.node_name,
+        status=status,
+        started=started,
+        ended=ended,
+        attempts=agent.attempts,
+        restarts=agent.restarts,
+        local_world_size=nproc,
+        script=opts.training_script,
+        path=node_dir / "summary.json",
+        failures=[f.to_dict() for f in agent.failures],
+        root_cause=root.to_dict() if root else None,
+    )
+    summary.write()
     took = f"{ended - started:.1f}s"
     if status == "succeeded":
-        restarts = summary["restarts"]
+        restarts = summary.restarts
         print(
-            f"infermesh-run: {opts.rdzv_id} succeeded on {opts.node_name}: {nproc} local "
+            f"infermesh-run: {run_name} succeeded on {opts.node_name}: {nproc} local "
             f"worker(s), {restarts} restart(s), {took}; logs in {node_dir}",
             file=sys.stderr,
         )
         return
     if root is None:
         print(
-            f"infermesh-run: {opts.rdzv_id} {status} after {took}; logs in {node_dir}",
+            f"infermesh-run: {run_name} {status} (after {took}); logs in {node_dir}",
             file=sys.stderr,
         )
         return
-    lines = [f"infermesh-run: {opts.rdzv_id} FAILED after {took}: {root.headline()}"]
+    lines = [f"infermesh-run: {run_name} FAILED after {took}: {root.headline()}"]
     if root.traceback:
         lines += ["  " + line for line in root.traceback.rstrip().splitlines()]
     lines.append(f"  logs: {root.log_dir or node_dir}  (all failures: {node_dir}/summary.json)")
