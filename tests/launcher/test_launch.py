@@ -469,3 +469,19 @@ def test_a_rendezvous_that_never_fills_times_out_with_advice(tmp_path: Path):
     ) in r.stderr
     (summary,) = tmp_path.glob("runs/lonely/*/summary.json")
     assert json.loads(summary.read_text())["status"].startswith("error: rendezvous")
+
+
+def test_a_template_that_cannot_preload_falls_back_to_exec_workers(tmp_path: Path):
+    r = run(
+        "infermesh-run",
+        "--nproc-per-node",
+        "2",
+        "--preload",
+        "no_such_module_for_infermesh",
+        script("envdump.py"),
+        str(tmp_path),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "worker template unavailable" in r.stderr and "starting workers with exec" in r.stderr
+    assert sorted(p.name for p in tmp_path.glob("env_*.json")) == ["env_0.json", "env_1.json"]

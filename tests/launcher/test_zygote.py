@@ -85,3 +85,16 @@ def test_closing_the_template_kills_running_workers(tmp_path: Path):
     z.close()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_a_failed_preload_is_reported_so_the_launcher_can_fall_back_to_exec():
+    from infermesh.train.launcher.zygote import ZygoteUnavailable
+
+    z = Zygote.start(preload=["no_such_module_for_infermesh"])
+    try:
+        with pytest.raises(
+            ZygoteUnavailable, match="No module named 'no_such_module_for_infermesh'"
+        ):
+            z.wait_ready(timeout=60)
+    finally:
+        z.close()
