@@ -130,7 +130,7 @@ class RunRecord:
 
     @property
     def exit_nonzero_after_metric(self) -> bool:
-        """The values were measured, but the launcher still exited non-zero (or timed out)."""
+        """The values were measured, but the launcher then exited non-zero."""
         return self.ok and self.returncode != 0
 
 
@@ -166,7 +166,33 @@ def machine_facts() -> dict[str, str]:
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "platform": platform.platform(),
+        "loadavg_start": _loadavg(),
+        "commit": _commit(),
     }
+
+
+def _commit() -> str:
+    """``git describe``-style id of the tree under test (``-dirty`` when files changed)."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def _loadavg() -> str:
+    """The 1, 5 and 15 minute load averages (other users share the machine)."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def _tree(root: psutil.Process) -> list[psutil.Process]:
@@ -194,10 +220,11 @@ def _sample_memory(root: psutil.Process) -> tuple[int, int] | None:
 
 def _kill_tree(proc: subprocess.Popen[bytes], known: dict[int, psutil.Process]) -> None:
     """SIGTERM the launcher's process group, then SIGKILL it and every descendant seen."""
-    root = psutil.Process(proc.pid) if proc.poll() is None else None
-    if root is not None:
-        for p in _tree(root):
+    try:
+        for p in _tree(psutil.Process(proc.pid)):
             known.setdefault(p.pid, p)
+    except psutil.Error:
+        pass  # the launcher is already gone
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -317,9 +344,9 @@ def scenario_a(launcher: str, tmp: Path, log: Path, timeout: float) -> Outcome:
     res = run_launcher(cmd, _base_env(stamps_dir), log, timeout, sample=False)
     stamps = _read_stamps(stamps_dir, "first_step.rank")
     if len(stamps) == NPROC:
-        # The metric is complete once every rank has stepped; a non-zero exit after that (gloo's
-        # "terminate called without an active exception" at interpreter exit, seen with exec'd
-        # workers) is kept in the record and flagged in the table, not dropped.
+        # The metric is complete once every rank has stepped. A non-zero exit after that (gloo's
+        # "terminate called without an active exception" at interpreter exit, seen now and then
+        # with torchrun's exec'd workers) is kept in the record and flagged in the table.
         return res, {"a": max(stamps) - res.t0}, ""
     return res, {}, f"{len(stamps)}/{NPROC} ranks recorded a first step"
 
@@ -353,7 +380,7 @@ def scenario_c(launcher: str, tmp: Path, log: Path, timeout: float) -> Outcome:
     res = run_launcher(cmd, env, log, timeout, sample=False)
     fail = _read_stamps(stamps_dir, "fail")
     stamps = _read_stamps(stamps_dir, "restart_step.rank")
-    if res.returncode == 0 and len(fail) == 1 and len(stamps) == NPROC:
+    if len(fail) == 1 and len(stamps) == NPROC:  # complete; a late non-zero exit is flagged
         return res, {"c": max(stamps) - fail[0]}, ""
     return res, {}, f"failures recorded: {len(fail)}, restarted ranks: {len(stamps)}/{NPROC}"
 
@@ -440,7 +467,9 @@ def render_table(rows: list[dict[str, Any]], facts: dict[str, str], runs: int) -
     """The markdown table with a header line of machine facts."""
     lines = [
         f"Machine: {facts['cpu']}, {facts['cores']} cores; torch {facts['torch']}; "
-        f"Python {facts['python']}; {facts['date']}. "
+        f"Python {facts['python']}; {facts['date']}; load average (1/5/15 min) "
+        f"{facts['loadavg_start']} at start, {facts['loadavg_end']} at end; "
+        f"commit {facts['commit']}. "
         f"{NPROC} workers (--standalone), {runs} interleaved run(s) per launcher; "
         f"median (min{DASH}max)."
         + (
@@ -455,12 +484,12 @@ def render_table(rows: list[dict[str, Any]], facts: dict[str, str], runs: int) -
         cells = []
         for launcher in LAUNCHERS:
             digits = 0 if row["unit"] == "MiB" else 2
-            cell = f"{_fmt(row[launcher], digits)} {row['unit']}"
+            cell = f"{_fmt(row[launcher], digits)} {row['unit']}" if row[launcher] else "n/a"
             if row["failed"][launcher]:
                 cell += f" [{row['failed'][launcher]} of {row['runs']} failed]"
             if row["exit_nonzero_after_metric"][launcher]:
                 n = row["exit_nonzero_after_metric"][launcher]
-                cell += f" [{n} of {row['runs']} exited non-zero after the step]"
+                cell += f" [{n} of {row['runs']} exited non-zero after measuring]"
             cells.append(cell)
         ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:.2f}"
         if row["target"] is None:
@@ -482,12 +511,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--infermesh-args",
         default="",
-        help="extra infermesh-run options, e.g. '--preload torch,torch.distributed,torch._dynamo'",
+        help="extra infermesh-run options; write them with '=', e.g. "
+        "--infermesh-args='--preload torch,torch.distributed,torch._dynamo'",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="where the raw numbers go (out/results.json; out/results-quick.json with --quick)",
     )
     p.add_argument("--quick", action="store_true", help="smoke test: one run of (a), no warmup")
     args = p.parse_args(argv)
     if args.quick:
         args.runs, args.only, args.warmup = 1, "a", 0
+    if args.results is None:
+        args.results = OUT / ("results-quick.json" if args.quick else "results.json")
     metrics = [m.strip() for m in args.only.split(",") if m.strip()]
     bad = [m for m in metrics if m not in METRICS]
     if bad or not metrics:
@@ -525,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for scenario in scenarios:
             for pos, launcher in enumerate(order):
                 records.append(run_one(scenario, launcher, i, pos, args.timeout))
+    facts["loadavg_end"] = _loadavg()
     measured = [r for r in records if r.scenario != "warmup"]
     rows = summarize(measured, args.metrics, args.runs)
     table = render_table(rows, facts, args.runs)
@@ -545,10 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "records": [asdict(r) for r in records],
         "table": table,
     }
-    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(
-        f"bench_launch: raw numbers in {(OUT / 'results.json').relative_to(REPO)}", file=sys.stderr
-    )
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"bench_launch: raw numbers in {args.results}", file=sys.stderr)
     return 0 if all(row["torchrun"] and row["infermesh-run"] for row in rows) else 1
 
 

@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--preload",
         action=_Env,
-        default="torch,torch.distributed",
+        default="torch,torch.distributed,torch._dynamo",
         help="Modules the fork template imports before forking workers (comma-separated).",
     )
     add(

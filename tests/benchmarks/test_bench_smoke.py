@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench_launch.py"
-REPO = BENCH.parents[2]
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "benchmarks" / "launch" / "bench_launch.py"
 
 
 @pytest.mark.slow
