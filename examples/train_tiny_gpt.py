@@ -25,19 +25,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import NoneType
-from typing import Any, cast, get_args, get_type_hints
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from hydra import compose, initialize_config_dir
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 
+from infermesh.core.config import compose_config, one_line, to_dataclass
 from infermesh.core.errors import CheckpointError, UsageError
 from infermesh.models.tiny_gpt import CharTokenizer, TinyGPT, TinyGPTConfig
 from infermesh.train import heartbeat
@@ -141,85 +136,7 @@ class JobConfig:
 # Config: Hydra composes YAML + overrides; everything after this section sees dataclasses only.
 # ---------------------------------------------------------------------------------------------
 
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 _VOCAB_FROM_DATA = 1  # placeholder vocab_size until the tokenizer is loaded
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return "; ".join(lines) or type(exc).__name__
-
-
-def _yaml(value: Any) -> str:
-    """Spell ``value`` as in an override (``null``, ``true``)."""
-    return OmegaConf.to_yaml({"v": value}).partition(": ")[2].strip()
-
-
-def _check_override_keys(base: DictConfig, overrides: list[str]) -> None:
-    """Reject an override of a key that the YAML does not define, naming the known keys."""
-    parser = OverridesParser.create()
-    parsed = []
-    for line in overrides:
-        try:
-            parsed += parser.parse_overrides([line])
-        except HydraException as exc:
-            raise UsageError(
-                f"cannot parse the override '{line}': {_one_line(exc)}; "
-                "write it as key=value, e.g. trainer.max_steps=50"
-            ) from None
-    for override in parsed:
-        if override.is_add() or override.is_force_add():
-            continue  # '+key=value' adds a key; the dataclass conversion rejects unknown ones
-        key = override.key_or_group
-        node: Any = base
-        for depth, part in enumerate(key.split(".")):
-            if not isinstance(node, DictConfig) or part not in node:
-                where = ".".join(key.split(".")[:depth])
-                known = ", ".join(str(k) for k in node) if isinstance(node, DictConfig) else ""
-                raise UsageError(
-                    f"unknown config key '{key}' in override '{override.input_line}'; "
-                    f"known keys{f' in {where}' if where else ''}: {known or 'none'} "
-                    f"(see {CONFIG_DIR / CONFIG_NAME}.yaml)"
-                )
-            node = node[part]
-
-
-def _check_type(key: str, value: Any, hint: Any, example: Any) -> Any:
-    """Return ``value`` if it fits the field type ``hint`` (int, float, str, bool, X | None)."""
-    args = get_args(hint)
-    optional = NoneType in args
-    base = next(a for a in args if a is not NoneType) if args else hint
-    if value is None and optional:
-        return None
-    if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, base) and not (base is int and isinstance(value, bool)):
-        return value
-    expected = _TYPE_NAMES[base] + (" or null" if optional else "")
-    hint_value = "" if example is dataclasses.MISSING else f", e.g. {key}={_yaml(example)}"
-    raise UsageError(f"{key} must be {expected}, got {value!r}; fix the override{hint_value}")
-
-
-def _to_dataclass(cls: Any, values: Any, section: str, **fixed: Any) -> Any:
-    """Build dataclass ``cls`` from the plain dict ``values``; ``fixed`` fields are not keys."""
-    if not isinstance(values, dict):
-        raise UsageError(f"config section '{section}' must be a mapping, got {values!r}")
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in fixed}
-    for key in values:
-        if key not in fields:
-            raise UsageError(
-                f"unknown config key '{section}.{key}'; known keys in {section}: "
-                f"{', '.join(fields)} (see {CONFIG_DIR / CONFIG_NAME}.yaml)"
-            )
-    kwargs = {
-        name: _check_type(f"{section}.{name}", value, hints[name], fields[name].default)
-        for name, value in values.items()
-    }
-    try:
-        return cls(**kwargs, **fixed)
-    except ValueError as exc:
-        raise UsageError(_one_line(exc)) from None
 
 
 def parse_job_config(overrides: list[str]) -> JobConfig:
@@ -227,26 +144,20 @@ def parse_job_config(overrides: list[str]) -> JobConfig:
 
     Raises :class:`UsageError` (one line, naming the key and the fix) for a bad override.
     """
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None, job_name=PROG):
-        _check_override_keys(compose(CONFIG_NAME), overrides)
-        try:
-            cfg = compose(CONFIG_NAME, overrides=overrides)
-            values = OmegaConf.to_container(cfg, resolve=True)
-        except (HydraException, OmegaConfBaseException) as exc:
-            raise UsageError(f"bad override: {_one_line(exc)}") from None
-    values = cast(dict[str, Any], values)  # the YAML's top level is a mapping
+    values = compose_config(CONFIG_DIR, CONFIG_NAME, overrides)
     sections = {"model", "data", "trainer"}
     for key in values:
         if key not in sections:
             raise UsageError(
                 f"unknown config section '{key}'; known: {', '.join(sorted(sections))}"
             )
+    source = f"{CONFIG_DIR / CONFIG_NAME}.yaml"
     job = JobConfig(
-        model=_to_dataclass(
-            TinyGPTConfig, values.get("model", {}), "model", vocab_size=_VOCAB_FROM_DATA
+        model=to_dataclass(
+            TinyGPTConfig, values.get("model", {}), "model", source, vocab_size=_VOCAB_FROM_DATA
         ),
-        data=_to_dataclass(DataConfig, values.get("data", {}), "data"),
-        trainer=_to_dataclass(TrainerConfig, values.get("trainer", {}), "trainer"),
+        data=to_dataclass(DataConfig, values.get("data", {}), "data", source),
+        trainer=to_dataclass(TrainerConfig, values.get("trainer", {}), "trainer", source),
     )
     if job.data.block_size > job.model.block_size:
         raise UsageError(
@@ -472,10 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         job = parse_job_config(sys.argv[1:] if argv is None else argv)
         summary = train(job)
     except UsageError as exc:
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except CheckpointError as exc:
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return 1
     if rank == 0:
         print(summary, flush=True)
