@@ -1,0 +1,171 @@
+"""The ``mesh`` family: signal-plane-aware routing that trusts signals by their age.
+
+``mesh`` reads published queue depth, router-local sends, free VRAM, node speed, the cell
+summaries and the RTT from the request's origin cell. It ranks cells by expected wait
+(load x expected service / speed) plus RTT, then nodes in the best cell by expected wait.
+A node's own queue signal is blended with its cell's mean in proportion to the signal's
+age (``exp(-age / trust_s)``), so a stale snapshot does not send a burst to one node, and
+nodes short of VRAM are penalized. It should beat ``least_loaded`` whenever signals are
+stale and beat ``heuristic`` on heterogeneous fleets (it accounts for speed and RTT in
+seconds, not in arbitrary weights).
+
+``mesh_hedge`` adds a hedge: if the first copy has not finished after roughly its p95
+latency (learned per kind), a copy goes to the best node of the second-best cell (an
+independent failure domain); the host cancels the loser. Hedges are only sent while the
+chosen cell is below ``hedge_max_load``, so hedging does not amplify overload.
+
+``adaptive_mesh`` learns from outcomes: when the recent SLO-miss rate exceeds
+``target_miss``, it weights load more than RTT (spreading wider), and it rejects requests
+whose expected wait alone exceeds ``reject_slo_frac`` of their SLO (admission control
+protects goodput under overload).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+
+from infermesh.serve.strategies._select import KindEstimator, rows_age, smallest, top_rows
+from infermesh.serve.strategies.api import (
+    Decision,
+    FleetView,
+    Hedge,
+    Outcome,
+    RequestView,
+    Strategy,
+)
+
+__all__ = ["AdaptiveMesh", "Mesh", "MeshHedge"]
+
+
+class Mesh(Strategy):
+    """Age-aware expected-wait routing, cell first."""
+
+    name = "mesh"
+    reads: ClassVar[tuple[str, ...]] = (
+        "queue_depth",
+        "queue_age_s",
+        "sent_since_update",
+        "vram_free_frac",
+        "speed",
+        "rtt_s",
+        "cells",
+    )
+    defaults: ClassVar[dict[str, float]] = {
+        "trust_s": 2.0,
+        "w_rtt": 1.0,
+        "vram_reserve": 0.05,
+        "top_k": 3,
+    }
+
+    def __init__(self, options: dict[str, float] | None = None, seed: int = 0) -> None:
+        super().__init__(options, seed)
+        self.est = KindEstimator()
+
+    def cell_scores(self, request: RequestView, view: FleetView, svc: float) -> np.ndarray:
+        """Expected wait (s) per cell plus weighted RTT."""
+        c = view.cells
+        wait = c.load_now() * svc / np.maximum(c.speed, 1e-6)
+        return wait + self.options["w_rtt"] * view.rtt_s[request.origin_cell]
+
+    def node_scores(self, view: FleetView, cell: int, svc: float) -> np.ndarray:
+        """Expected wait plus own service (s) for each row of ``cell``."""
+        rows = view.cell_rows(cell)
+        load = view.load(rows)
+        age = rows_age(view.queue_age_s, rows)
+        trust = np.exp(-np.asarray(age) / self.options["trust_s"])
+        blended = trust * load + (1.0 - trust) * view.cells.load_now()[cell]
+        speed = view.speed[rows]
+        scores = (blended + 1.0 / view.capacity[rows]) * svc / speed
+        short = view.vram_free_frac[rows] < self.options["vram_reserve"]
+        return scores + short * (10.0 * svc)
+
+    def rank(
+        self, request: RequestView, view: FleetView, k_cells: int = 1
+    ) -> tuple[list[int], tuple[int, ...], float]:
+        """Best cells, top rows of the best cell, and the expected service time."""
+        svc = self.est.service_s(request)
+        scores = np.where(view.cells.available > 0, self.cell_scores(request, view, svc), np.inf)
+        cells = [int(c) for c in smallest(scores, k_cells)]
+        if not cells:
+            return [], (0,), svc
+        rows = top_rows(
+            view, cells[0], self.node_scores(view, cells[0], svc), int(self.options["top_k"])
+        )
+        return cells, rows or (0,), svc
+
+    def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
+        _, rows, _ = self.rank(request, view)
+        return Decision(targets=rows)
+
+    def observe(self, outcome: Outcome) -> None:
+        self.est.update(outcome)
+
+
+class MeshHedge(Mesh):
+    """``mesh`` plus a hedge to the second-best cell after about the p95 latency."""
+
+    name = "mesh_hedge"
+    defaults: ClassVar[dict[str, float]] = {
+        **Mesh.defaults,
+        "hedge_max_load": 0.7,
+        "hedge_factor": 1.0,
+    }
+
+    def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
+        cells, rows, svc = self.rank(request, view, k_cells=2)
+        if not cells or view.cells.load_now()[cells[0]] > self.options["hedge_max_load"]:
+            return Decision(targets=rows)
+        if len(cells) > 1:
+            alt = top_rows(view, cells[1], self.node_scores(view, cells[1], svc), 1)
+        else:
+            alt = rows[1:2]
+        if not alt:
+            return Decision(targets=rows)
+        delay = self.options["hedge_factor"] * self.est.latency_tail_s(request.kind, 3.0 * svc)
+        return Decision(targets=rows, hedge=Hedge(target=alt[0], delay_s=delay))
+
+
+class AdaptiveMesh(Mesh):
+    """``mesh`` whose RTT weight and admission follow the observed SLO-miss rate."""
+
+    name = "adaptive_mesh"
+    defaults: ClassVar[dict[str, float]] = {
+        **Mesh.defaults,
+        "target_miss": 0.01,
+        "reject_slo_frac": 1.0,
+        "adapt_rate": 0.01,
+    }
+
+    def __init__(self, options: dict[str, float] | None = None, seed: int = 0) -> None:
+        super().__init__(options, seed)
+        self.miss_rate = 0.0
+        self.w_rtt = self.options["w_rtt"]
+
+    def cell_scores(self, request: RequestView, view: FleetView, svc: float) -> np.ndarray:
+        c = view.cells
+        wait = c.load_now() * svc / np.maximum(c.speed, 1e-6)
+        return wait + self.w_rtt * view.rtt_s[request.origin_cell]
+
+    def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
+        cells, rows, svc = self.rank(request, view)
+        if cells and request.attempt == 0:
+            best = rows[0]
+            queued = max(
+                0.0, view.queue_depth[best] + view.sent_since_update[best] - view.capacity[best]
+            )
+            wait = queued / view.capacity[best] * svc / view.speed[best]
+            if wait > self.options["reject_slo_frac"] * request.slo_s:
+                return Decision(targets=rows, admit=False, retry_after_s=math.ceil(wait))
+        return Decision(targets=rows)
+
+    def observe(self, outcome: Outcome) -> None:
+        super().observe(outcome)
+        a = self.options["adapt_rate"]
+        self.miss_rate += a * ((0.0 if outcome.met_slo else 1.0) - self.miss_rate)
+        if self.miss_rate > self.options["target_miss"]:
+            self.w_rtt = max(0.05, self.w_rtt * (1.0 - a))
+        else:
+            self.w_rtt = min(self.options["w_rtt"], self.w_rtt * (1.0 + a))
