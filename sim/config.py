@@ -55,16 +55,14 @@ class ConfigError(UsageError):
         self.problems = problems
 
 
-def _f(default: Any = dataclasses.MISSING, help: str = "", **checks: Any) -> Any:
-    """A dataclass field with a help text and range checks in its metadata."""
-    meta = {"help": help, **checks}
-    if isinstance(default, (dict, list)):
-        value = default
-        return field(default_factory=lambda: type(value)(value), metadata=meta)
-    if dataclasses.is_dataclass(default) and not isinstance(default, type):
-        proto = default
-        return field(default_factory=lambda: dataclasses.replace(proto), metadata=meta)
-    return field(default=default, metadata=meta)
+def _m(help: str, **checks: Any) -> dict[str, Any]:
+    """Field metadata: a help text and range checks (``gt``, ``ge``, ``le``, ``choices``)."""
+    return {"help": help, **checks}
+
+
+def _f(default: Any, help: str = "", **checks: Any) -> Any:
+    """A dataclass field with an immutable default, a help text and range checks."""
+    return field(default=default, metadata=_m(help, **checks))
 
 
 @dataclass
@@ -87,9 +85,16 @@ class RequestType:
     weight: float = _f(1.0, "share of requests (normalized over kinds)", ge=0)
     slo_s: float = _f(10.0, "end-to-end latency SLO in seconds", gt=0)
     ttft_slo_s: float = _f(0.0, "time-to-first-token SLO in seconds (0 = none)", ge=0)
-    prompt_tokens: TokenDist = _f(TokenDist(400.0, 0.9, 8192), "prompt tokens (llm)")
-    output_tokens: TokenDist = _f(TokenDist(200.0, 0.7, 2048), "output tokens (llm)")
-    work_s: TokenDist = _f(TokenDist(0.1, 0.5, 100), "service seconds on a reference GPU")
+    prompt_tokens: TokenDist = field(
+        default_factory=lambda: TokenDist(400.0, 0.9, 8192), metadata=_m("prompt tokens (llm)")
+    )
+    output_tokens: TokenDist = field(
+        default_factory=lambda: TokenDist(200.0, 0.7, 2048), metadata=_m("output tokens (llm)")
+    )
+    work_s: TokenDist = field(
+        default_factory=lambda: TokenDist(0.1, 0.5, 100),
+        metadata=_m("service seconds on a reference GPU"),
+    )
     kv_mb_per_token: float = _f(0.5, "KV cache per token in MB (llm)", ge=0)
     vram_gb: float = _f(0.5, "VRAM held while running (vision/asr)", ge=0)
     request_kb: float = _f(2.0, "request payload in KB (llm adds 4 bytes per token)", ge=0)
@@ -116,7 +121,9 @@ class Arrival:
 
     process: str = _f("poisson", "arrival process", choices=("poisson", "mmpp"))
     rate_rps: float = _f(100.0, "Poisson rate (requests per second)", gt=0)
-    states: list[MmppState] = _f([], "MMPP states (at least 2 for mmpp)")
+    states: list[MmppState] = field(
+        default_factory=list, metadata=_m("MMPP states (at least 2 for mmpp)")
+    )
 
 
 @dataclass
@@ -131,11 +138,12 @@ class Tenants:
 class Workload:
     """Arrivals, request kinds and tenants."""
 
-    arrival: Arrival = _f(Arrival(), "arrival process")
-    request_types: dict[str, RequestType] = _f(
-        {"llm": RequestType()}, "request kinds", keys=REQUEST_KINDS
+    arrival: Arrival = field(default_factory=Arrival, metadata=_m("arrival process"))
+    request_types: dict[str, RequestType] = field(
+        default_factory=lambda: {"llm": RequestType()},
+        metadata=_m("request kinds", keys=REQUEST_KINDS),
     )
-    tenants: Tenants = _f(Tenants(), "tenants")
+    tenants: Tenants = field(default_factory=Tenants, metadata=_m("tenants"))
 
 
 @dataclass
@@ -159,8 +167,12 @@ class Fleet:
 
     cells: int = _f(4, "number of cells", ge=1, le=100000)
     nodes_per_cell: int = _f(128, "nodes in each cell", ge=1, le=1000000)
-    mix: dict[str, float] = _f({"H100": 1.0}, "share of nodes per GPU profile", ge=0)
-    profiles: dict[str, GpuProfile] = _f({}, "extra or overriding GPU profiles")
+    mix: dict[str, float] = field(
+        default_factory=lambda: {"H100": 1.0}, metadata=_m("share of nodes per GPU profile", ge=0)
+    )
+    profiles: dict[str, GpuProfile] = field(
+        default_factory=dict, metadata=_m("extra or overriding GPU profiles")
+    )
 
 
 @dataclass
@@ -186,9 +198,15 @@ class Signals:
     """Signal-plane staleness per metric; ``perfect`` shows the true state (explicit only)."""
 
     perfect: bool = _f(False, "routers see the true state at every decision")
-    queue_depth: SignalSpec = _f(SignalSpec(1.0, 0.2), "queued + running")
-    vram: SignalSpec = _f(SignalSpec(5.0, 0.5), "free VRAM fraction")
-    utilization: SignalSpec = _f(SignalSpec(5.0, 0.5), "busy fraction over the period")
+    queue_depth: SignalSpec = field(
+        default_factory=lambda: SignalSpec(1.0, 0.2), metadata=_m("queued + running")
+    )
+    vram: SignalSpec = field(
+        default_factory=lambda: SignalSpec(5.0, 0.5), metadata=_m("free VRAM fraction")
+    )
+    utilization: SignalSpec = field(
+        default_factory=lambda: SignalSpec(5.0, 0.5), metadata=_m("busy fraction over the period")
+    )
 
 
 @dataclass
@@ -201,7 +219,9 @@ class Service:
     queue (used to check the engine against queueing theory).
     """
 
-    model: str = _f("batching", "service-time model", choices=("batching", "constant", "exponential"))
+    model: str = _f(
+        "batching", "service-time model", choices=("batching", "constant", "exponential")
+    )
     mean_s: float = _f(1.0, "mean service for constant/exponential", gt=0)
     max_queue_per_node: int = _f(64, "waiting requests a node accepts beyond its batch", ge=0)
     max_retries: int = _f(2, "re-routes after a node refuses a request", ge=0)
@@ -225,9 +245,13 @@ class Autoscaler:
 class Router:
     """Strategy host settings and per-strategy options."""
 
-    latency_budget_ms: float = _f(2.0, "strategy time per decision before it counts as overrun", gt=0)
+    latency_budget_ms: float = _f(
+        2.0, "strategy time per decision before it counts as overrun", gt=0
+    )
     enforce_budget: bool = _f(False, "fall back on overrun (makes runs depend on wall time)")
-    options: dict[str, dict[str, float]] = _f({}, "options per strategy name")
+    options: dict[str, dict[str, float]] = field(
+        default_factory=dict, metadata=_m("options per strategy name")
+    )
 
 
 @dataclass
@@ -240,14 +264,16 @@ class SimConfig:
     warmup_s: float = _f(0.0, "requests arriving earlier are left out of metrics", ge=0)
     drain_s: float = _f(120.0, "time after the last arrival to finish work", ge=0)
     metrics_tick_s: float = _f(10.0, "period of utilization samples", gt=0)
-    workload: Workload = _f(Workload(), "workload")
-    fleet: Fleet = _f(Fleet(), "fleet")
-    network: Network = _f(Network(), "network")
-    signals: Signals = _f(Signals(), "signals")
-    service: Service = _f(Service(), "service model")
-    autoscaler: Autoscaler = _f(Autoscaler(), "autoscaler")
-    router: Router = _f(Router(), "router")
-    strategies: list[str] = _f([], "strategies to compare (empty = all built-in)")
+    workload: Workload = field(default_factory=Workload, metadata=_m("workload"))
+    fleet: Fleet = field(default_factory=Fleet, metadata=_m("fleet"))
+    network: Network = field(default_factory=Network, metadata=_m("network"))
+    signals: Signals = field(default_factory=Signals, metadata=_m("signals"))
+    service: Service = field(default_factory=Service, metadata=_m("service model"))
+    autoscaler: Autoscaler = field(default_factory=Autoscaler, metadata=_m("autoscaler"))
+    router: Router = field(default_factory=Router, metadata=_m("router"))
+    strategies: list[str] = field(
+        default_factory=list, metadata=_m("strategies to compare (empty = all built-in)")
+    )
 
 
 # ----------------------------------------------------------------------------- parsing

@@ -33,7 +33,7 @@ import numpy as np
 
 from infermesh.serve.strategies.api import Outcome, RequestView
 from infermesh.serve.strategies.host import HostCounters, StrategyHost
-from infermesh.serve.strategies.registry import registry
+from infermesh.serve.strategies.registry import default_registry
 from sim.autoscaler import Autoscaler
 from sim.config import SimConfig
 from sim.hardware import FleetArrays, build_fleet
@@ -130,7 +130,7 @@ class _Engine:
         self.progress_every = progress_every
         n = fleet.n_nodes
         seed = int(np.random.default_rng([cfg.seed, 3]).integers(2**31))
-        strat = registry.create(strategy, cfg.router.options.get(strategy), seed=seed)
+        strat = default_registry.create(strategy, cfg.router.options.get(strategy), seed=seed)
         self.host = StrategyHost(
             strat,
             budget_s=cfg.router.latency_budget_ms / 1000.0,
@@ -401,7 +401,11 @@ class _Engine:
         self.j_work[j] = work
         self.j_kv[j] = kv
         self.j_ttft[j] = prefill
-        if self.qlen[n] == 0 and self.nb[n] < self.max_batch[n] and self.kv_used[n] + kv <= self.kv_cap[n]:
+        if (
+            self.qlen[n] == 0
+            and self.nb[n] < self.max_batch[n]
+            and self.kv_used[n] + kv <= self.kv_cap[n]
+        ):
             self._start(n, j, t)
             self._reschedule(n, t)
         elif self.qlen[n] < self.cfg.service.max_queue_per_node:
@@ -470,6 +474,8 @@ class _Engine:
             self._cancel(r, t)
         elif self.r_partner[r] >= 0:
             self._cancel(self.r_partner[r], t)
+        if not self.host.wants_feedback:
+            return
         k = self.kind[r]
         self.host.observe(
             Outcome(
@@ -513,7 +519,14 @@ class _Engine:
         self.j_req.append(r)
         self.j_node.append(target)
         self.j_state.append(_NET)
-        for col in (self.j_work, self.j_kv, self.j_vstart, self.j_tnode, self.j_tstart, self.j_ttft):
+        for col in (
+            self.j_work,
+            self.j_kv,
+            self.j_vstart,
+            self.j_tnode,
+            self.j_tstart,
+            self.j_ttft,
+        ):
             col.append(0.0)
         self.r_partner[r] = k
         self.r_hedged[r] = True
@@ -539,9 +552,13 @@ class _Engine:
         n_on = max(int(on.sum()), 1)
         ts["t"].append(t)
         ts["busy_frac"].append(float(((nb > 0) & on).sum()) / n_on)
-        ts["slot_occupancy"].append(float(nb.sum()) / max(float(self.fleet.max_batch[on].sum()), 1.0))
+        ts["slot_occupancy"].append(
+            float(nb.sum()) / max(float(self.fleet.max_batch[on].sum()), 1.0)
+        )
         ts["nodes_on"].append(float(on.sum()))
-        ts["kv_frac"].append(float(np.sum(self.kv_used)) / max(float(self.fleet.kv_capacity_gb[on].sum()), 1e-9))
+        ts["kv_frac"].append(
+            float(np.sum(self.kv_used)) / max(float(self.fleet.kv_capacity_gb[on].sum()), 1e-9)
+        )
         ts["queued"].append(float(np.sum(self.qlen)))
         ts["running"].append(float(nb.sum()))
         arrived = self._arrivals_done
@@ -613,7 +630,11 @@ class _Engine:
         if et == _PUB_Q:
             s.publish_queue(a[0], a[1])
         elif et == _SAMPLE_Q:
-            self.push(t + sig.queue_depth.delay_s, _PUB_Q, (t, s.sample_queue(self.nb, self.qlen, s.sent_cum)))
+            self.push(
+                t + sig.queue_depth.delay_s,
+                _PUB_Q,
+                (t, s.sample_queue(self.nb, self.qlen, s.sent_cum)),
+            )
             self.push(t + sig.queue_depth.period_s, _SAMPLE_Q)
         elif et == _PUB_V:
             s.publish_vram(a[0], a[1])
@@ -623,7 +644,9 @@ class _Engine:
         elif et == _PUB_U:
             s.publish_util(a[0], a[1])
         elif et == _SAMPLE_U:
-            self.push(t + sig.utilization.delay_s, _PUB_U, (t, s.sample_util(t, self._busy_total(t))))
+            self.push(
+                t + sig.utilization.delay_s, _PUB_U, (t, s.sample_util(t, self._busy_total(t)))
+            )
             self.push(t + sig.utilization.period_s, _SAMPLE_U)
         elif et == _TICK:
             self._on_tick(t)

@@ -124,9 +124,7 @@ def build_fleet(fleet: Fleet) -> FleetArrays:
     profiles = catalog(fleet.profiles)
     names = [k for k, v in fleet.mix.items() if v > 0]
     counts = _counts({k: fleet.mix[k] for k in names}, fleet.nodes_per_cell)
-    per_cell = np.concatenate(
-        [np.full(c, i, dtype=np.int32) for i, c in enumerate(counts)]
-    )
+    per_cell = np.concatenate([np.full(c, i, dtype=np.int32) for i, c in enumerate(counts)])
     # a fixed shuffle, so any contiguous slice of a cell sees the mix
     per_cell = per_cell[np.random.default_rng(0).permutation(per_cell.size)]
     profile_of = np.tile(per_cell, fleet.cells)

@@ -39,9 +39,7 @@ def _quantiles(values: np.ndarray, prefix: str) -> dict[str, float | int | None]
     return {f"{prefix}_{name}_s": _r(q) for (name, _), q in zip(QUANTILES, qs, strict=True)}
 
 
-def _request_stats(
-    cfg: SimConfig, res: RunResult, mask: np.ndarray, kind: str
-) -> dict[str, Any]:
+def _request_stats(cfg: SimConfig, res: RunResult, mask: np.ndarray, kind: str) -> dict[str, Any]:
     wl = res.workload
     span = cfg.duration_s - cfg.warmup_s
     st = res.status[mask]

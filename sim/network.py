@@ -29,14 +29,18 @@ class NetworkModel:
 
     def one_way_s(self, origin: int, cell: int, nbytes: float) -> float:
         """Half the RTT plus the transfer time of ``nbytes``."""
-        return 0.5 * float(self.rtt_s[origin, cell]) + nbytes / float(self.bandwidth_Bps[origin, cell])
+        return 0.5 * float(self.rtt_s[origin, cell]) + nbytes / float(
+            self.bandwidth_Bps[origin, cell]
+        )
 
 
 def build_network(cfg: Network, n_cells: int, seed: int) -> NetworkModel:
     """Place ``n_cells`` cells at random coordinates (seeded) and derive RTTs."""
     rng = np.random.default_rng([seed, 1])
     coords = rng.uniform(0.0, cfg.spread_ms, size=(n_cells, 2))
-    height = rng.exponential(cfg.height_ms, size=n_cells) if cfg.height_ms > 0 else np.zeros(n_cells)
+    height = (
+        rng.exponential(cfg.height_ms, size=n_cells) if cfg.height_ms > 0 else np.zeros(n_cells)
+    )
     diff = coords[:, None, :] - coords[None, :, :]
     dist = np.sqrt((diff**2).sum(axis=2))
     rtt_ms = dist + height[:, None] + height[None, :]

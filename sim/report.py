@@ -82,7 +82,9 @@ def _plots(results: Path, rows: list[dict[str, Any]], out: Path) -> list[Path]:
         if not f.exists():
             continue
         pts = [r for r in _read_csv(f) if r["kind"] == "all"]
-        ax.plot([_num(r["latency_s"]) for r in pts], [_num(r["percentile"]) / 100 for r in pts], label=s)
+        ax.plot(
+            [_num(r["latency_s"]) for r in pts], [_num(r["percentile"]) / 100 for r in pts], label=s
+        )
     ax.set_xscale("log")
     ax.set_xlabel("end-to-end latency (s, log)")
     ax.set_ylabel("fraction of requests")
@@ -117,7 +119,9 @@ def _plots(results: Path, rows: list[dict[str, Any]], out: Path) -> list[Path]:
     for r in rows:
         x, y = _num(r.get("latency_p99_s")), _num(r.get("cost_per_1k_tokens_usd"))
         ax.scatter([x], [y])
-        ax.annotate(str(r["strategy"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            str(r["strategy"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
     ax.set_xlabel("p99 latency (s)")
     ax.set_ylabel("cost per 1k tokens (USD)")
     ax.set_title("Cost vs p99 latency")
@@ -133,7 +137,9 @@ def _plots(results: Path, rows: list[dict[str, Any]], out: Path) -> list[Path]:
 def _html(results: Path, rows: list[dict[str, Any]], images: list[Path]) -> str:
     head = "".join(f"<th>{html.escape(t)}</th>" for _, t in TABLE_COLUMNS)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(fmt_cell(r.get(k)))}</td>" for k, _ in TABLE_COLUMNS) + "</tr>"
+        "<tr>"
+        + "".join(f"<td>{html.escape(fmt_cell(r.get(k)))}</td>" for k, _ in TABLE_COLUMNS)
+        + "</tr>"
         for r in rows
     )
     imgs = "".join(
@@ -143,7 +149,8 @@ def _html(results: Path, rows: list[dict[str, Any]], images: list[Path]) -> str:
     )
     config = (results / "config.yaml").read_text() if (results / "config.yaml").exists() else ""
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>InferMesh simulation report</title>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<title>InferMesh simulation report</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}"
         "</style></head><body>"

@@ -78,12 +78,16 @@ class SignalPlane:
 
     # ------------------------------------------------------------------ sampling
     @staticmethod
-    def sample_queue(nb: list[int], qlen: list[int], sent_cum: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample_queue(
+        nb: list[int], qlen: list[int], sent_cum: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """True (running, queued + running) and the send counters at sampling time."""
         running = np.array(nb, dtype=np.float64)
         return running, running + np.array(qlen, dtype=np.float64), sent_cum.copy()
 
-    def publish_queue(self, t_sample: float, sample: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    def publish_queue(
+        self, t_sample: float, sample: tuple[np.ndarray, np.ndarray, np.ndarray]
+    ) -> None:
         """Make a queue sample visible; router-local sends after it stay counted."""
         running, depth, sent_then = sample
         v = self.view

@@ -49,7 +49,9 @@ class Workload:
         return int(self.t.shape[0])
 
 
-def mmpp_path(arr: Arrival, duration: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def mmpp_path(
+    arr: Arrival, duration: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """State sequence and the start time of each segment until ``duration``."""
     k = len(arr.states)
     dwell = np.array([s.dwell_s for s in arr.states])
@@ -81,7 +83,8 @@ def arrival_times(
     states, starts = mmpp_path(arr, duration, rng)
     ends = np.append(starts[1:], duration)
     parts = [
-        _poisson(arr.states[s].rate_rps, a, b, rng) for s, a, b in zip(states, starts, ends, strict=True)
+        _poisson(arr.states[s].rate_rps, a, b, rng)
+        for s, a, b in zip(states, starts, ends, strict=True)
     ]
     return np.concatenate(parts), states, starts
 
@@ -106,9 +109,9 @@ def generate(cfg: SimConfig) -> Workload:
     n = t.shape[0]
     kinds = tuple(k for k in REQUEST_KINDS if k in wl.request_types)
     weights = np.array([wl.request_types[k].weight for k in kinds])
-    kind = rng.choice(len(kinds), size=n, p=weights / weights.sum()).astype(np.int8)
+    kind = np.asarray(rng.choice(len(kinds), size=n, p=weights / weights.sum()), np.int8)
     tc = wl.tenants
-    tenant = rng.choice(tc.count, size=n, p=zipf_weights(tc.count, tc.zipf_s)).astype(np.int64)
+    tenant = np.asarray(rng.choice(tc.count, size=n, p=zipf_weights(tc.count, tc.zipf_s)), np.int64)
     home = np.random.default_rng([cfg.seed, 2]).integers(cfg.fleet.cells, size=tc.count)
     origin = home[tenant].astype(np.int64)
     prompt = np.zeros(n, np.int64)

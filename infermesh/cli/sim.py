@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -36,8 +36,10 @@ def _fail(exc: UsageError) -> NoReturn:
 
 @sim_app.command()
 def generate(
-    example_type: str = typer.Option(..., "--example-type", help="small | medium | large | xlarge"),
-    output: Path = typer.Option(..., "--output", "-o", help="YAML file to write"),
+    example_type: Annotated[
+        str, typer.Option("--example-type", help="small | medium | large | xlarge")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="YAML file to write")],
 ) -> None:
     """Write an example scenario config."""
     from sim.scenarios import EXAMPLES, example_yaml
@@ -55,7 +57,9 @@ def generate(
 
 
 @sim_app.command()
-def validate(config: Path = typer.Option(..., "--config", "-c", help="scenario YAML")) -> None:
+def validate(
+    config: Annotated[Path, typer.Option("--config", "-c", help="scenario YAML")],
+) -> None:
     """Check a scenario config; every problem names the key, the value and what is allowed."""
     from sim.config import load
 
@@ -69,14 +73,17 @@ def validate(config: Path = typer.Option(..., "--config", "-c", help="scenario Y
 
 @sim_app.command()
 def run(
-    config: Path = typer.Option(..., "--config", "-c", help="scenario YAML"),
-    strategy: list[str] = typer.Option(
-        [], "--strategy", "-s", help="strategy to run (repeat; default: the config's or all)"
+    config: Annotated[Path, typer.Option("--config", "-c", help="scenario YAML")],
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option("--strategy", "-s", help="strategy to run (repeat; default: config's or all)"),
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="results directory")] = Path(
+        "results"
     ),
-    output: Path = typer.Option(Path("results"), "--output", "-o", help="results directory"),
-    fmt: str = typer.Option("both", "--format", help="csv | json | both"),
-    jobs: int = typer.Option(0, "--jobs", "-j", help="parallel processes (0 = one per CPU)"),
-    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
+    fmt: Annotated[str, typer.Option("--format", help="csv | json | both")] = "both",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="processes (0 = one per CPU)")] = 0,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bars")] = False,
 ) -> None:
     """Run strategies on a scenario in parallel processes and write the results."""
     from infermesh.serve.strategies import known
@@ -87,13 +94,17 @@ def run(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if fmt not in FORMATS:
-            raise UsageError(f"--format: value {fmt!r} is not allowed; allowed: {', '.join(FORMATS)}")
+            raise UsageError(
+                f"--format: value {fmt!r} is not allowed; allowed: {', '.join(FORMATS)}"
+            )
         if jobs < 0:
             raise UsageError(f"--jobs: value {jobs} is not allowed; allowed: an integer >= 0")
         names = known()
-        for s in strategy:
+        for s in strategy or []:
             if s not in names:
-                raise UsageError(f"--strategy: value {s!r} is not allowed; allowed: {', '.join(names)}")
+                raise UsageError(
+                    f"--strategy: value {s!r} is not allowed; allowed: {', '.join(names)}"
+                )
         cfg = load(config)
     except UsageError as exc:
         _fail(exc)
@@ -105,8 +116,8 @@ def run(
 
 @sim_app.command()
 def report(
-    results: Path = typer.Argument(..., help="directory written by 'sim run'"),
-    no_plots: bool = typer.Option(False, "--no-plots", help="table and HTML only"),
+    results: Annotated[Path, typer.Argument(help="directory written by 'sim run'")],
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="table and HTML only")] = False,
 ) -> None:
     """Print the comparison table and write PNG plots and an HTML page."""
     from sim.report import TABLE_COLUMNS, build_report
@@ -130,4 +141,5 @@ def _print_table(rows: list[dict[str, object]], columns: tuple[tuple[str, str], 
         table.add_column(title, justify="right")
     for r in rows:
         table.add_row(*(fmt_cell(r.get(k)) for k, _ in columns))
-    Console().print(table)
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console.print(table)

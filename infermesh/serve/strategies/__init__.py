@@ -15,7 +15,7 @@ from infermesh.serve.strategies.api import (
     StrategyError,
     UnknownStrategy,
 )
-from infermesh.serve.strategies.registry import DEFAULT_SET, create, known, registry
+from infermesh.serve.strategies.registry import DEFAULT_SET, create, default_registry, known
 
 __all__ = [
     "DEFAULT_SET",
@@ -29,6 +29,6 @@ __all__ = [
     "StrategyError",
     "UnknownStrategy",
     "create",
+    "default_registry",
     "known",
-    "registry",
 ]

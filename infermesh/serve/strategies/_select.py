@@ -14,12 +14,17 @@ _INF = np.inf
 def smallest(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` smallest finite scores, best first (fewer if not enough)."""
     n = scores.shape[0]
+    if k == 1 and n:
+        i = int(scores.argmin())
+        return np.array([i] if scores[i] < _INF else [], dtype=np.int64)
     if n == 0:
         return scores.astype(np.int64)
     k = min(k, n)
-    idx = np.argpartition(scores, k - 1)[:k] if k < n else np.arange(n)
-    idx = idx[np.argsort(scores[idx], kind="stable")]
-    return idx[np.isfinite(scores[idx])]
+    idx = scores.argpartition(k - 1)[:k] if k < n else np.arange(n)
+    top = scores[idx]
+    order = top.argsort(kind="stable")
+    idx, top = idx[order], top[order]
+    return idx[top < _INF]
 
 
 def rows_age(age: float | np.ndarray, rows: slice) -> float | np.ndarray:
@@ -30,16 +35,16 @@ def rows_age(age: float | np.ndarray, rows: slice) -> float | np.ndarray:
 def best_cell(view: FleetView, cell_scores: np.ndarray) -> int:
     """The cell with the lowest score among cells with an available node (-1 if none)."""
     scores = np.where(view.cells.available > 0, cell_scores, _INF)
-    c = int(np.argmin(scores))
-    return c if np.isfinite(scores[c]) else -1
+    c = int(scores.argmin())
+    return c if scores[c] < _INF else -1
 
 
 def top_rows(view: FleetView, cell: int, node_scores: np.ndarray, k: int) -> tuple[int, ...]:
     """Top-``k`` rows of ``cell`` by ``node_scores`` (scores of that cell's rows only)."""
     rows = view.cell_rows(cell)
     scores = np.where(view.available[rows], node_scores, _INF)
-    best = smallest(scores, k)
-    return tuple(int(i) + rows.start for i in best)
+    start = rows.start
+    return tuple(i + start for i in smallest(scores, k).tolist())
 
 
 def mean_service_s(prompt_tokens: int, output_tokens: int, kind: str) -> float:

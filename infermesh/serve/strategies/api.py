@@ -13,6 +13,7 @@ to a few numpy calls; the router builds the same view from its NodeState table.
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -124,6 +125,11 @@ class FleetView:
     cells: CellSummary
     rtt_s: FloatArray
     extra: Mapping[str, Any] = field(default_factory=dict)
+    cell_slices: list[slice] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        bounds = self.cell_start.tolist()
+        self.cell_slices = [slice(a, b) for a, b in itertools.pairwise(bounds)]
 
     @property
     def n_nodes(self) -> int:
@@ -137,7 +143,7 @@ class FleetView:
 
     def cell_rows(self, cell: int) -> slice:
         """The rows of ``cell`` as a slice."""
-        return slice(int(self.cell_start[cell]), int(self.cell_start[cell + 1]))
+        return self.cell_slices[cell]
 
     def load(self, rows: slice | IntArray) -> FloatArray:
         """Published (queued + running) plus router-local sends, per unit of capacity."""

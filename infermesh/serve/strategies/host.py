@@ -57,6 +57,8 @@ class StrategyHost:
         self.enforce_budget = enforce_budget
         self.timer = timer
         self.counters = HostCounters()
+        #: False when the strategy keeps the default no-op observe (hosts may skip feedback)
+        self.wants_feedback = type(strategy).observe is not Strategy.observe
 
     def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
         """Return the strategy's decision, or the fallback's when it fails."""
@@ -71,8 +73,9 @@ class StrategyHost:
             return self._fallback(request, view, now)
         elapsed = self.timer() - t0
         c.strategy_time_s += elapsed
+        targets = decision.targets
         if decision.admit and (
-            not decision.targets or not all(0 <= t < view.n_nodes for t in decision.targets)
+            not targets or min(targets) < 0 or max(targets) >= view.cell_of.shape[0]
         ):
             c.invalid += 1
             return self._fallback(request, view, now)

@@ -73,14 +73,16 @@ class Mesh(Strategy):
     def node_scores(self, view: FleetView, cell: int, svc: float) -> np.ndarray:
         """Expected wait plus own service (s) for each row of ``cell``."""
         rows = view.cell_rows(cell)
-        load = view.load(rows)
+        cap = view.capacity[rows]
         age = rows_age(view.queue_age_s, rows)
         trust = np.exp(-np.asarray(age) / self.options["trust_s"])
-        blended = trust * load + (1.0 - trust) * view.cells.load_now()[cell]
-        speed = view.speed[rows]
-        scores = (blended + 1.0 / view.capacity[rows]) * svc / speed
+        cell_load = float(view.cells.load[cell]) + float(view.cells.sent[cell]) / max(
+            float(view.cells.capacity[cell]), 1.0
+        )
+        load = (view.queue_depth[rows] + view.sent_since_update[rows] + 1.0) / cap
+        blended = trust * load + (1.0 - trust) * cell_load
         short = view.vram_free_frac[rows] < self.options["vram_reserve"]
-        return scores + short * (10.0 * svc)
+        return (blended + short * 10.0) * (svc / view.speed[rows])
 
     def rank(
         self, request: RequestView, view: FleetView, k_cells: int = 1

@@ -15,7 +15,7 @@ from typing import Any
 
 from infermesh.serve.strategies.api import Strategy, StrategyError, UnknownStrategy
 
-__all__ = ["ENTRY_POINT_GROUP", "StrategyRegistry", "create", "known", "registry"]
+__all__ = ["ENTRY_POINT_GROUP", "StrategyRegistry", "create", "default_registry", "known"]
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,14 @@ class StrategyRegistry:
         return self.resolve(name)(options, seed)
 
 
-registry = StrategyRegistry(BUILTINS)
+default_registry = StrategyRegistry(BUILTINS)
 
 
 def known() -> list[str]:
     """Names of all strategies in the default registry."""
-    return registry.known()
+    return default_registry.known()
 
 
 def create(name: str, options: Mapping[str, Any] | None = None, seed: int = 0) -> Strategy:
     """Create a strategy from the default registry."""
-    return registry.create(name, options, seed)
+    return default_registry.create(name, options, seed)
