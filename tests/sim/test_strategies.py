@@ -18,6 +18,7 @@ from infermesh.serve.strategies.api import (
     UnknownStrategy,
 )
 from infermesh.serve.strategies.host import StrategyHost
+from infermesh.serve.strategies.ml_mesh import MlEnhancedMesh
 from infermesh.serve.strategies.registry import StrategyRegistry
 from infermesh.serve.strategies.testing import make_request, make_view
 
@@ -178,7 +179,7 @@ def test_adaptive_mesh_rejects_when_the_wait_exceeds_the_slo() -> None:
 
 
 def test_ml_enhanced_mesh_learns_from_outcomes() -> None:
-    s = create("ml_enhanced_mesh", {"explore": 0.0})
+    s = MlEnhancedMesh({"explore": 0.0})
     view = make_view()
     s.decide(make_request(request_id=0), view, 0.0)
     x = s.pending[0][1]
