@@ -104,6 +104,7 @@ class SignalPlane:
     def publish_vram(self, t_sample: float, free: np.ndarray) -> None:
         """Make a VRAM sample visible."""
         self.view.vram_free_frac = free
+        self.view.epoch += 1
         self.v_time = t_sample
 
     def sample_util(self, t: float, busy_total: np.ndarray) -> np.ndarray:
@@ -117,11 +118,13 @@ class SignalPlane:
     def publish_util(self, t_sample: float, util: np.ndarray) -> None:
         """Make a utilization sample visible."""
         self.view.utilization = util
+        self.view.epoch += 1
         self.u_time = t_sample
 
     def refresh_cells(self) -> None:
         """Recompute cell summaries from the published columns and availability."""
         v = self.view
+        v.epoch += 1
         starts = self.fleet.cell_start[:-1]
         avail = v.available.astype(np.float64)
         cap = self.capacity * avail

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from infermesh.serve.strategies.api import FleetView, Outcome, RequestView
 
-__all__ = ["KindEstimator", "best_cell", "mean_service_s", "rows_age", "smallest", "top_rows"]
+__all__ = [
+    "CellCache",
+    "KindEstimator",
+    "Uniforms",
+    "best_cell",
+    "mean_service_s",
+    "ranked_rows",
+    "rows_age",
+    "smallest",
+    "top_rows",
+    "unavailable_penalty",
+]
 
 _INF = np.inf
 
@@ -27,6 +41,45 @@ def smallest(scores: np.ndarray, k: int) -> np.ndarray:
     return idx[top < _INF]
 
 
+class CellCache:
+    """Per-cell values derived from published columns, rebuilt when the view's epoch moves.
+
+    ``build(view, cell)`` computes the value for one cell; it must read only columns that
+    change with the epoch (not ``sent_since_update``).
+    """
+
+    def __init__(self, build: Callable[[FleetView, int], Any]) -> None:
+        self.build = build
+        self.epoch = -1
+        self.data: dict[int, Any] = {}
+
+    def get(self, view: FleetView, cell: int) -> Any:
+        """The cached value for ``cell`` under the view's current epoch."""
+        if view.epoch != self.epoch:
+            self.data.clear()
+            self.epoch = view.epoch
+        value = self.data.get(cell)
+        if value is None:
+            value = self.data[cell] = self.build(view, cell)
+        return value
+
+
+class Uniforms:
+    """Uniform [0, 1) draws taken from a generator in blocks (scalar draws are slow)."""
+
+    def __init__(self, rng: np.random.Generator, block: int = 4096) -> None:
+        self.rng = rng
+        self.block = block
+        self.buf: list[float] = []
+
+    def next(self) -> float:
+        """The next draw."""
+        if not self.buf:
+            self.buf = self.rng.random(self.block).tolist()
+            self.buf.reverse()
+        return self.buf.pop()
+
+
 def rows_age(age: float | np.ndarray, rows: slice) -> float | np.ndarray:
     """Signal age for ``rows``: the scalar itself, or the matching slice of per-row ages."""
     return age if isinstance(age, float) else age[rows]
@@ -45,6 +98,17 @@ def top_rows(view: FleetView, cell: int, node_scores: np.ndarray, k: int) -> tup
     scores = np.where(view.available[rows], node_scores, _INF)
     start = rows.start
     return tuple(i + start for i in smallest(scores, k).tolist())
+
+
+def ranked_rows(view: FleetView, cell: int, scores: np.ndarray, k: int) -> tuple[int, ...]:
+    """Top-``k`` rows of ``cell`` for scores that already hold ``inf`` where unavailable."""
+    start = view.cell_rows(cell).start
+    return tuple(i + start for i in smallest(scores, k).tolist())
+
+
+def unavailable_penalty(view: FleetView, rows: slice) -> np.ndarray:
+    """0 for available rows, ``inf`` for the others (add it to scores)."""
+    return np.where(view.available[rows], 0.0, _INF)
 
 
 def mean_service_s(prompt_tokens: int, output_tokens: int, kind: str) -> float:

@@ -104,8 +104,9 @@ class FleetView:
     and carry their age in seconds (``*_age_s``: a scalar when all nodes published together,
     else one age per row). ``sent_since_update`` is router-local knowledge: requests this
     router sent to each node since its queue signal was last published. The host owns the
-    view: it refreshes columns when signals arrive and sets the ages before each call;
-    strategies must not modify it.
+    view: it refreshes columns when signals arrive (and then increments ``epoch``, so a
+    strategy may cache what it derives from published columns until the epoch changes)
+    and sets the ages before each call; strategies must not modify it.
     """
 
     cell_of: IntArray
@@ -125,6 +126,7 @@ class FleetView:
     cells: CellSummary
     rtt_s: FloatArray
     extra: Mapping[str, Any] = field(default_factory=dict)
+    epoch: int = 0
     cell_slices: list[slice] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -27,7 +27,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from infermesh.serve.strategies._select import KindEstimator, rows_age, smallest, top_rows
+from infermesh.serve.strategies._select import (
+    CellCache,
+    KindEstimator,
+    ranked_rows,
+    rows_age,
+    smallest,
+    unavailable_penalty,
+)
 from infermesh.serve.strategies.api import (
     Decision,
     FleetView,
@@ -63,6 +70,7 @@ class Mesh(Strategy):
     def __init__(self, options: dict[str, float] | None = None, seed: int = 0) -> None:
         super().__init__(options, seed)
         self.est = KindEstimator()
+        self._cache = CellCache(self._cell_columns)
 
     def cell_scores(self, request: RequestView, view: FleetView, svc: float) -> np.ndarray:
         """Expected wait (s) per cell plus weighted RTT."""
@@ -70,19 +78,36 @@ class Mesh(Strategy):
         wait = c.load_now() * svc / np.maximum(c.speed, 1e-6)
         return wait + self.options["w_rtt"] * view.rtt_s[request.origin_cell]
 
-    def node_scores(self, view: FleetView, cell: int, svc: float) -> np.ndarray:
-        """Expected wait plus own service (s) for each row of ``cell``."""
+    def _cell_columns(self, view: FleetView, cell: int) -> tuple[np.ndarray, ...]:
+        """Per-epoch columns of ``cell``: queue + 1, 1/(cap*speed), 1/speed, penalties."""
         rows = view.cell_rows(cell)
-        cap = view.capacity[rows]
+        speed = view.speed[rows]
+        short = view.vram_free_frac[rows] < self.options["vram_reserve"]
+        penalty = short * 10.0 / speed + unavailable_penalty(view, rows)
+        return (
+            view.queue_depth[rows] + 1.0,
+            1.0 / (view.capacity[rows] * speed),
+            1.0 / speed,
+            penalty,
+        )
+
+    def node_scores(self, view: FleetView, cell: int, svc: float) -> np.ndarray:
+        """Expected wait plus own service per row of ``cell``, in units of ``svc``.
+
+        A node's load is ``(queue + sends + 1) / capacity``, blended with its cell's load
+        by the trust ``exp(-age / trust_s)`` in its signal, divided by its speed; nodes
+        short of VRAM get a penalty and unavailable ones ``inf``.
+        """
+        rows = view.cell_rows(cell)
+        q1, inv_cs, inv_s, penalty = self._cache.get(view, cell)
         age = rows_age(view.queue_age_s, rows)
         trust = np.exp(-np.asarray(age) / self.options["trust_s"])
-        cell_load = float(view.cells.load[cell]) + float(view.cells.sent[cell]) / max(
-            float(view.cells.capacity[cell]), 1.0
+        cells = view.cells
+        cell_load = float(cells.load[cell]) + float(cells.sent[cell]) / max(
+            float(cells.capacity[cell]), 1.0
         )
-        load = (view.queue_depth[rows] + view.sent_since_update[rows] + 1.0) / cap
-        blended = trust * load + (1.0 - trust) * cell_load
-        short = view.vram_free_frac[rows] < self.options["vram_reserve"]
-        return (blended + short * 10.0) * (svc / view.speed[rows])
+        own = (q1 + view.sent_since_update[rows]) * inv_cs
+        return trust * own + ((1.0 - trust) * cell_load) * inv_s + penalty
 
     def rank(
         self, request: RequestView, view: FleetView, k_cells: int = 1
@@ -93,7 +118,7 @@ class Mesh(Strategy):
         cells = [int(c) for c in smallest(scores, k_cells)]
         if not cells:
             return [], (0,), svc
-        rows = top_rows(
+        rows = ranked_rows(
             view, cells[0], self.node_scores(view, cells[0], svc), int(self.options["top_k"])
         )
         return cells, rows or (0,), svc
@@ -121,7 +146,7 @@ class MeshHedge(Mesh):
         if not cells or view.cells.load_now()[cells[0]] > self.options["hedge_max_load"]:
             return Decision(targets=rows)
         if len(cells) > 1:
-            alt = top_rows(view, cells[1], self.node_scores(view, cells[1], svc), 1)
+            alt = ranked_rows(view, cells[1], self.node_scores(view, cells[1], svc), 1)
         else:
             alt = rows[1:2]
         if not alt:

@@ -23,7 +23,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from infermesh.serve.strategies._select import KindEstimator, rows_age, smallest
+from infermesh.serve.strategies._select import (
+    CellCache,
+    KindEstimator,
+    rows_age,
+    smallest,
+    unavailable_penalty,
+)
 from infermesh.serve.strategies.api import Decision, FleetView, Outcome, RequestView, Strategy
 from infermesh.serve.strategies.prefix_affinity import hash_order
 
@@ -49,6 +55,7 @@ class PredictiveMesh(Strategy):
     def __init__(self, options: dict[str, float] | None = None, seed: int = 0) -> None:
         super().__init__(options, seed)
         self.est = KindEstimator()
+        self._cache = CellCache(self._cell_columns)
 
     def predict_cells(self, request: RequestView, view: FleetView, svc: float) -> np.ndarray:
         """Predicted latency (s) for the mean node of each cell."""
@@ -63,20 +70,36 @@ class PredictiveMesh(Strategy):
         pred = view.rtt_s[request.origin_cell] + wait + service
         return np.where(c.available > 0, pred, np.inf)
 
-    def predict_rows(self, view: FleetView, rows: slice, svc: float) -> np.ndarray:
-        """Predicted wait + service (s) for each row."""
+    def _cell_columns(self, view: FleetView, cell: int) -> tuple[np.ndarray, ...]:
+        """Per-epoch columns of ``cell`` derived from the published queue depth."""
+        rows = view.cell_rows(cell)
         cap = view.capacity[rows]
         speed = view.speed[rows]
         q = view.queue_depth[rows]
+        return (
+            np.maximum(q - cap, 0.0),
+            cap * speed,
+            np.minimum(q, cap) + 1.0,
+            1.0 / cap,
+            1.0 / speed,
+            unavailable_penalty(view, rows),
+        )
+
+    def predict_rows(self, view: FleetView, cell: int, svc: float) -> np.ndarray:
+        """Predicted wait + service (s) for each row of ``cell`` (``inf`` if unavailable).
+
+        The published backlog beyond the batch is drained at ``capacity x speed / svc``
+        requests per second over the signal's age, router-local sends are added, and the
+        request then waits for a slot (if the batch is full) and runs at a speed reduced
+        by ``batch_slowdown`` times the batch fill.
+        """
+        over, cs, base, inv_cap, inv_speed, penalty = self._cache.get(view, cell)
+        rows = view.cell_rows(cell)
         age = rows_age(view.queue_age_s, rows)
-        drained = np.asarray(age) * cap * speed / max(svc, 1e-6)
-        backlog = np.maximum(np.maximum(q - cap, 0.0) - drained, 0.0)
-        now_q = np.minimum(q, cap) + backlog + view.sent_since_update[rows]
-        wait = np.maximum(now_q + 1.0 - cap, 0.0) / cap * svc / speed
-        batch = np.minimum(now_q + 1.0, cap) / cap
-        service = svc / speed * (1.0 + self.options["batch_slowdown"] * batch)
-        pred = wait + service
-        return np.where(view.available[rows], pred, np.inf)
+        backlog = np.maximum(over - cs * (np.asarray(age) / max(svc, 1e-6)), 0.0)
+        x = (base + backlog + view.sent_since_update[rows]) * inv_cap
+        factor = np.maximum(x - 1.0, 0.0) + self.options["batch_slowdown"] * np.minimum(x, 1.0)
+        return (factor + 1.0) * (svc * inv_speed) + penalty
 
     def choose(self, request: RequestView, view: FleetView) -> tuple[int, np.ndarray, float]:
         """Best cell, per-row predictions in it, and the expected service time."""
@@ -86,7 +109,7 @@ class PredictiveMesh(Strategy):
         if best.size == 0:
             return -1, np.empty(0), svc
         cell = int(best[0])
-        return cell, self.predict_rows(view, view.cell_rows(cell), svc), svc
+        return cell, self.predict_rows(view, cell, svc), svc
 
     def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
         cell, pred, _ = self.choose(request, view)
@@ -107,7 +130,7 @@ class HybridMesh(PredictiveMesh):
     reads: ClassVar[tuple[str, ...]] = (*PredictiveMesh.reads, "prefix_group", "price_per_hour")
     defaults: ClassVar[dict[str, float]] = {
         **PredictiveMesh.defaults,
-        "affinity_slack": 1.0,
+        "affinity_slack": 0.25,
         "pack_load": 0.5,
         "w_price": 0.3,
     }
@@ -128,7 +151,7 @@ class HybridMesh(PredictiveMesh):
         ):
             cell = origin
         rows = view.cell_rows(cell)
-        pred = self.predict_rows(view, rows, svc)
+        pred = self.predict_rows(view, cell, svc)
         if view.cells.load_now()[cell] < o["pack_load"]:
             price = view.price_per_hour[rows] / view.speed[rows]
             pred = pred + o["w_price"] * svc * price / max(float(np.mean(price)), 1e-9)

@@ -12,11 +12,12 @@
 
 from __future__ import annotations
 
+import bisect
 from typing import ClassVar
 
 import numpy as np
 
-from infermesh.serve.strategies._select import best_cell, top_rows
+from infermesh.serve.strategies._select import Uniforms, best_cell, top_rows
 from infermesh.serve.strategies.api import Decision, FleetView, RequestView, Strategy
 
 __all__ = ["LeastLoaded", "PowerOfTwo", "RandomChoice", "RoundRobin"]
@@ -46,21 +47,29 @@ class RoundRobin(Strategy):
         return Decision(targets=(i, (i + 1) % n))
 
 
-def _random_available(view: FleetView, rng: np.random.Generator, tries: int = 8) -> int:
-    """A uniformly random available node (capacity-weighted cell, then a row)."""
-    weights = view.cells.available.astype(np.float64)
-    total = weights.sum()
-    if total <= 0:
-        return int(rng.integers(view.n_nodes))
-    for _ in range(tries):
-        cell = int(np.searchsorted(np.cumsum(weights), rng.random() * total, side="right"))
-        cell = min(cell, view.n_cells - 1)
-        rows = view.cell_rows(cell)
-        i = int(rng.integers(rows.start, rows.stop))
-        if view.available[i]:
-            return i
-    avail = np.flatnonzero(view.available)
-    return int(avail[rng.integers(avail.size)]) if avail.size else 0
+class _Sampler:
+    """Uniform draws of available nodes: a cell weighted by its available nodes, then a row."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.u = Uniforms(rng)
+        self.epoch = -1
+        self.cum: list[float] = []
+
+    def draw(self, view: FleetView, tries: int = 8) -> int:
+        if view.epoch != self.epoch:
+            self.epoch = view.epoch
+            self.cum = np.cumsum(view.cells.available.astype(np.float64)).tolist()
+        total = self.cum[-1]
+        if total <= 0:
+            return int(self.u.next() * view.n_nodes)
+        for _ in range(tries):
+            cell = min(bisect.bisect_right(self.cum, self.u.next() * total), len(self.cum) - 1)
+            rows = view.cell_rows(cell)
+            i = rows.start + int(self.u.next() * (rows.stop - rows.start))
+            if view.available[i]:
+                return i
+        avail = np.flatnonzero(view.available)
+        return int(avail[int(self.u.next() * avail.size)]) if avail.size else 0
 
 
 class RandomChoice(Strategy):
@@ -69,9 +78,13 @@ class RandomChoice(Strategy):
     name = "random"
     reads: ClassVar[tuple[str, ...]] = ("available",)
 
+    def __init__(self, options: dict[str, float] | None = None, seed: int = 0) -> None:
+        super().__init__(options, seed)
+        self.sampler = _Sampler(self.rng)
+
     def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
-        a = _random_available(view, self.rng)
-        b = _random_available(view, self.rng)
+        a = self.sampler.draw(view)
+        b = self.sampler.draw(view)
         return Decision(targets=(a, b) if a != b else (a,))
 
 
@@ -96,9 +109,14 @@ class PowerOfTwo(Strategy):
     name = "power_of_two"
     reads: ClassVar[tuple[str, ...]] = ("queue_depth", "sent_since_update", "capacity", "available")
 
+    def __init__(self, options: dict[str, float] | None = None, seed: int = 0) -> None:
+        super().__init__(options, seed)
+        self.sampler = _Sampler(self.rng)
+
     def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
-        a = _random_available(view, self.rng)
-        b = _random_available(view, self.rng)
-        la = (view.queue_depth[a] + view.sent_since_update[a]) / view.capacity[a]
-        lb = (view.queue_depth[b] + view.sent_since_update[b]) / view.capacity[b]
+        a = self.sampler.draw(view)
+        b = self.sampler.draw(view)
+        q, sent, cap = view.queue_depth, view.sent_since_update, view.capacity
+        la = (float(q[a]) + float(sent[a])) / float(cap[a])
+        lb = (float(q[b]) + float(sent[b])) / float(cap[b])
         return Decision(targets=(a, b) if la <= lb else (b, a))
