@@ -123,6 +123,13 @@ class PredictiveMesh(Strategy):
         self.est.update(outcome)
 
 
+def _relative_price(view: FleetView, cell: int) -> np.ndarray:
+    """Price per unit of speed of each row of ``cell`` relative to the cell's mean."""
+    rows = view.cell_rows(cell)
+    price = view.price_per_hour[rows] / view.speed[rows]
+    return price / max(float(np.mean(price)), 1e-9)
+
+
 class HybridMesh(PredictiveMesh):
     """Predictive routing plus prefix affinity and cost-aware packing."""
 
@@ -134,6 +141,10 @@ class HybridMesh(PredictiveMesh):
         "pack_load": 0.5,
         "w_price": 0.3,
     }
+
+    def __init__(self, options: dict[str, float] | None = None, seed: int = 0) -> None:
+        super().__init__(options, seed)
+        self._price = CellCache(_relative_price)
 
     def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
         o = self.options
@@ -153,8 +164,7 @@ class HybridMesh(PredictiveMesh):
         rows = view.cell_rows(cell)
         pred = self.predict_rows(view, cell, svc)
         if view.cells.load_now()[cell] < o["pack_load"]:
-            price = view.price_per_hour[rows] / view.speed[rows]
-            pred = pred + o["w_price"] * svc * price / max(float(np.mean(price)), 1e-9)
+            pred = pred + (o["w_price"] * svc) * self._price.get(view, cell)
         ranked = [int(i) + rows.start for i in smallest(pred, int(o["top_k"]))]
         if not ranked:
             return Decision(targets=(rows.start,))

@@ -10,6 +10,7 @@ when prefix caching saves a large share of prefill work; it loses balance under 
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import numpy as np
@@ -23,8 +24,9 @@ _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)
 
 
-def hash_order(key: int, rows: slice, k: int) -> np.ndarray:
-    """The first ``k`` rows of ``rows`` in rendezvous-hash order for ``key``."""
+@functools.lru_cache(maxsize=65536)
+def _hash_order(key: int, start: int, stop: int, k: int) -> tuple[int, ...]:
+    rows = slice(start, stop)
     idx = np.arange(rows.start, rows.stop, dtype=np.uint64)
     with np.errstate(over="ignore"):
         h = (idx + np.uint64(key + 1) * _M1) * _M2
@@ -33,7 +35,12 @@ def hash_order(key: int, rows: slice, k: int) -> np.ndarray:
     k = min(k, h.shape[0])
     top = np.argpartition(-h.astype(np.float64), k - 1)[:k]
     top = top[np.argsort(-h[top].astype(np.float64), kind="stable")]
-    return top.astype(np.int64) + rows.start
+    return tuple(int(i) + start for i in top)
+
+
+def hash_order(key: int, rows: slice, k: int) -> tuple[int, ...]:
+    """The first ``k`` rows of ``rows`` in rendezvous-hash order for ``key`` (memoized)."""
+    return _hash_order(key, rows.start, rows.stop, k)
 
 
 class PrefixAffinity(Strategy):
