@@ -188,11 +188,7 @@ class _Engine:
             for k in wl.kinds
         ]
         self.r_status = [Status.IN_FLIGHT] * r
-        self.r_lat = [math.nan] * r
-        self.r_wait = [math.nan] * r
-        self.r_svc = [math.nan] * r
-        self.r_ttft = [math.nan] * r
-        self.r_node = [-1] * r
+        self.r_winner = [-1] * r
         self.r_hedged = [False] * r
         self.r_hedge_won = [False] * r
         self.r_attempt = [0] * r
@@ -210,6 +206,7 @@ class _Engine:
         self.j_tnode = [0.0] * r
         self.j_tstart = [0.0] * r
         self.j_ttft = [0.0] * r
+        self.j_tdone = [0.0] * r
         self.events: list[tuple[float, int, int, Any, Any]] = []
         self.seq = itertools.count()
         self.counters: dict[str, float] = {
@@ -279,8 +276,16 @@ class _Engine:
             self.nxt[n] = math.inf
 
     def _start(self, n: int, j: int, t: float) -> None:
-        v = self._advance(n, t)
-        self._set_batch(n, self.nb[n] + 1, t)
+        # inlined _advance / _set_batch / _set_kv: this runs once per request
+        rate = self.rate
+        v = self.V[n] + rate[n] * (t - self.Vt[n])
+        self.V[n] = v
+        self.Vt[n] = t
+        b = self.nb[n] + 1
+        if b == 1:
+            self.busy_since[n] = t
+        self.nb[n] = b
+        r = rate[n] = 1.0 / (1.0 + self.slow[n] * (b - 1))
         h = self.heaps[n]
         if h is None:
             h = self.heaps[n] = []
@@ -288,8 +293,10 @@ class _Engine:
         self.j_vstart[j] = v
         self.j_tstart[j] = t
         self.j_state[j] = _RUNNING
-        self._set_kv(n, self.j_kv[j], t)
-        self.j_ttft[j] = t + self.j_ttft[j] / self.rate[n]
+        kv = self.j_kv[j]
+        if kv:
+            self._set_kv(n, kv, t)
+        self.j_ttft[j] = t + self.j_ttft[j] / r
 
     def _admit_queued(self, n: int, t: float) -> None:
         q = self.queues[n]
@@ -443,7 +450,9 @@ class _Engine:
         _, j = heapq.heappop(h)
         self.nxt[n] = math.inf
         self._set_batch(n, self.nb[n] - 1, t)
-        self._set_kv(n, -self.j_kv[j], t)
+        kv = self.j_kv[j]
+        if kv:
+            self._set_kv(n, -kv, t)
         js[j] = _DONE
         self.live_jobs -= 1
         self._finish(j, n, t)
@@ -451,44 +460,38 @@ class _Engine:
         self._reschedule(n, t)
 
     def _finish(self, j: int, n: int, t: float) -> None:
+        """Copy ``j`` finished at its node: the request completes (latency etc. at the end)."""
         r = self.j_req[j]
         self.r_live[r] -= 1
         if self.r_status[r] != Status.IN_FLIGHT:
             return
-        c = self.cell_of[n]
-        o = self.origin[r]
-        half_rtt = 0.5 * self.rtt[o][c]
-        back = half_rtt + self.resp_bytes[r] / self.bw[o][c]
-        lat = t + back - self.arr_t[r]
         self.r_status[r] = Status.COMPLETED
-        self.r_lat[r] = lat
-        wait = self.j_tstart[j] - self.j_tnode[j]
-        self.r_wait[r] = wait
-        svc = t - self.j_tstart[j]
-        self.r_svc[r] = svc
-        self.r_ttft[r] = self.j_ttft[j] + half_rtt - self.arr_t[r]
-        self.r_node[r] = n
+        self.r_winner[r] = j
+        self.j_tdone[j] = t
         if j != r:
             self.r_hedge_won[r] = True
             self.counters["hedge_wins"] += 1
             self._cancel(r, t)
         elif self.r_partner[r] >= 0:
             self._cancel(self.r_partner[r], t)
-        if not self.host.wants_feedback:
-            return
-        k = self.kind[r]
-        self.host.observe(
-            Outcome(
-                request_id=r,
-                kind=self.kind_names[k],
-                target=n,
-                latency_s=lat,
-                queue_s=wait,
-                service_s=svc,
-                met_slo=lat <= self.slo[k],
-                now=t,
+        if self.host.wants_feedback:
+            c = self.cell_of[n]
+            o = self.origin[r]
+            back = 0.5 * self.rtt[o][c] + self.resp_bytes[r] / self.bw[o][c]
+            lat = t + back - self.arr_t[r]
+            k = self.kind[r]
+            self.host.observe(
+                Outcome(
+                    request_id=r,
+                    kind=self.kind_names[k],
+                    target=n,
+                    latency_s=lat,
+                    queue_s=self.j_tstart[j] - self.j_tnode[j],
+                    service_s=t - self.j_tstart[j],
+                    met_slo=lat <= self.slo[k],
+                    now=t,
+                )
             )
-        )
 
     def _cancel(self, j: int, t: float) -> None:
         st = self.j_state[j]
@@ -526,6 +529,7 @@ class _Engine:
             self.j_tnode,
             self.j_tstart,
             self.j_ttft,
+            self.j_tdone,
         ):
             col.append(0.0)
         self.r_partner[r] = k
@@ -661,19 +665,43 @@ class _Engine:
             self.autoscaler.ready(a, t)
             s.refresh_cells()
 
+    def _request_times(self) -> tuple[np.ndarray, ...]:
+        """Latency, queue wait, service, TTFT and node per request (NaN / -1 if not done)."""
+        win = np.array(self.r_winner, dtype=np.int64)
+        done = win >= 0
+        w = win[done]
+        node_of_job = np.array(self.j_node, dtype=np.int64)
+        node = np.full(win.shape, -1, dtype=np.int64)
+        node[done] = node_of_job[w]
+        wl = self.wl
+        cell = self.fleet.cell_of[node[done]]
+        origin = wl.origin[done]
+        half_rtt = 0.5 * self.net.rtt_s[origin, cell]
+        back = half_rtt + wl.resp_bytes[done] / self.net.bandwidth_Bps[origin, cell]
+        tdone = np.array(self.j_tdone)[w]
+        tstart = np.array(self.j_tstart)[w]
+        cols = [np.full(win.shape, np.nan) for _ in range(4)]
+        lat, wait, svc, ttft = cols
+        lat[done] = tdone + back - wl.t[done]
+        wait[done] = tstart - np.array(self.j_tnode)[w]
+        svc[done] = tdone - tstart
+        ttft[done] = np.array(self.j_ttft)[w] + half_rtt - wl.t[done]
+        return lat, wait, svc, ttft, node
+
     def _result(self, t_end: float, events: int) -> RunResult:
         busy = self._busy_total(t_end)
         kv = np.array(self.kv_acc) + np.array(self.kv_used) * (t_end - np.array(self.kv_since))
         prov = self.autoscaler.provisioned(t_end)
+        lat, wait, svc, ttft, node = self._request_times()
         return RunResult(
             strategy=self.name,
             t_end=t_end,
             status=np.array(self.r_status, dtype=np.int8),
-            latency=np.array(self.r_lat),
-            wait=np.array(self.r_wait),
-            service=np.array(self.r_svc),
-            ttft=np.array(self.r_ttft),
-            node=np.array(self.r_node, dtype=np.int64),
+            latency=lat,
+            wait=wait,
+            service=svc,
+            ttft=ttft,
+            node=node,
             hedged=np.array(self.r_hedged, dtype=bool),
             hedge_won=np.array(self.r_hedge_won, dtype=bool),
             attempts=np.array(self.r_attempt, dtype=np.int64),
