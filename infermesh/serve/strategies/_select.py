@@ -14,6 +14,7 @@ __all__ = [
     "KindEstimator",
     "Uniforms",
     "best_cell",
+    "cell_columns",
     "mean_service_s",
     "ranked_rows",
     "rows_age",
@@ -78,6 +79,21 @@ class Uniforms:
             self.buf = self.rng.random(self.block).tolist()
             self.buf.reverse()
         return self.buf.pop()
+
+
+def cell_columns(view: FleetView, _: int = -1) -> tuple[np.ndarray, ...]:
+    """Per-epoch cell columns: published load, 1/capacity, 1/speed, unavailable penalty.
+
+    Use through a :class:`CellCache` (``cache.get(view, -1)``); add ``sent * inv_cap`` to
+    the load for router-local sends.
+    """
+    c = view.cells
+    return (
+        c.load.copy(),
+        1.0 / np.maximum(c.capacity, 1.0),
+        1.0 / np.maximum(c.speed, 1e-6),
+        np.where(c.available > 0, 0.0, _INF),
+    )
 
 
 def rows_age(age: float | np.ndarray, rows: slice) -> float | np.ndarray:

@@ -30,6 +30,7 @@ import numpy as np
 from infermesh.serve.strategies._select import (
     CellCache,
     KindEstimator,
+    cell_columns,
     ranked_rows,
     rows_age,
     smallest,
@@ -71,12 +72,14 @@ class Mesh(Strategy):
         super().__init__(options, seed)
         self.est = KindEstimator()
         self._cache = CellCache(self._cell_columns)
+        self._cells = CellCache(cell_columns)
+        self.w_rtt = self.options["w_rtt"]
 
     def cell_scores(self, request: RequestView, view: FleetView, svc: float) -> np.ndarray:
-        """Expected wait (s) per cell plus weighted RTT."""
-        c = view.cells
-        wait = c.load_now() * svc / np.maximum(c.speed, 1e-6)
-        return wait + self.options["w_rtt"] * view.rtt_s[request.origin_cell]
+        """Expected wait (s) per cell plus weighted RTT (``inf`` for cells with no node)."""
+        load, inv_cap, inv_speed, penalty = self._cells.get(view, -1)
+        wait = (load + view.cells.sent * inv_cap) * (svc * inv_speed)
+        return wait + self.w_rtt * view.rtt_s[request.origin_cell] + penalty
 
     def _cell_columns(self, view: FleetView, cell: int) -> tuple[np.ndarray, ...]:
         """Per-epoch columns of ``cell``: queue + 1, 1/(cap*speed), 1/speed, penalties."""
@@ -114,8 +117,7 @@ class Mesh(Strategy):
     ) -> tuple[list[int], tuple[int, ...], float]:
         """Best cells, top rows of the best cell, and the expected service time."""
         svc = self.est.service_s(request)
-        scores = np.where(view.cells.available > 0, self.cell_scores(request, view, svc), np.inf)
-        cells = [int(c) for c in smallest(scores, k_cells)]
+        cells = smallest(self.cell_scores(request, view, svc), k_cells).tolist()
         if not cells:
             return [], (0,), svc
         rows = ranked_rows(
@@ -169,12 +171,6 @@ class AdaptiveMesh(Mesh):
     def __init__(self, options: dict[str, float] | None = None, seed: int = 0) -> None:
         super().__init__(options, seed)
         self.miss_rate = 0.0
-        self.w_rtt = self.options["w_rtt"]
-
-    def cell_scores(self, request: RequestView, view: FleetView, svc: float) -> np.ndarray:
-        c = view.cells
-        wait = c.load_now() * svc / np.maximum(c.speed, 1e-6)
-        return wait + self.w_rtt * view.rtt_s[request.origin_cell]
 
     def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
         cells, rows, svc = self.rank(request, view)

@@ -54,7 +54,8 @@ class MlEnhancedMesh(PredictiveMesh):
         x[:, 3] = view.utilization[idx]
         x[:, 4] = 1.0 - view.vram_free_frac[idx]
         x[:, 5] = view.rtt_s[request.origin_cell, cell]
-        x[:, 6] = float(np.mean(view.queue_age_s))
+        age = view.queue_age_s
+        x[:, 6] = age if isinstance(age, float) else age[idx]
         return x
 
     def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:

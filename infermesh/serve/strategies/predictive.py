@@ -26,6 +26,7 @@ import numpy as np
 from infermesh.serve.strategies._select import (
     CellCache,
     KindEstimator,
+    cell_columns,
     rows_age,
     smallest,
     unavailable_penalty,
@@ -56,19 +57,14 @@ class PredictiveMesh(Strategy):
         super().__init__(options, seed)
         self.est = KindEstimator()
         self._cache = CellCache(self._cell_columns)
+        self._cells = CellCache(cell_columns)
 
     def predict_cells(self, request: RequestView, view: FleetView, svc: float) -> np.ndarray:
         """Predicted latency (s) for the mean node of each cell."""
-        c = view.cells
-        load = c.load_now()
-        wait = np.maximum(load - 1.0, 0.0) * svc / np.maximum(c.speed, 1e-6)
-        service = (
-            svc
-            / np.maximum(c.speed, 1e-6)
-            * (1.0 + self.options["batch_slowdown"] * np.minimum(load, 1.0))
-        )
-        pred = view.rtt_s[request.origin_cell] + wait + service
-        return np.where(c.available > 0, pred, np.inf)
+        load, inv_cap, inv_speed, penalty = self._cells.get(view, -1)
+        x = load + view.cells.sent * inv_cap
+        factor = np.maximum(x - 1.0, 0.0) + self.options["batch_slowdown"] * np.minimum(x, 1.0)
+        return view.rtt_s[request.origin_cell] + (factor + 1.0) * (svc * inv_speed) + penalty
 
     def _cell_columns(self, view: FleetView, cell: int) -> tuple[np.ndarray, ...]:
         """Per-epoch columns of ``cell`` derived from the published queue depth."""

@@ -94,13 +94,23 @@ class LeastLoaded(Strategy):
     name = "least_loaded"
     reads: ClassVar[tuple[str, ...]] = ("queue_depth", "capacity", "available")
 
+    def __init__(self, options: dict[str, float] | None = None, seed: int = 0) -> None:
+        super().__init__(options, seed)
+        self._epoch = -1
+        self._decision = Decision(targets=(0,))
+
     def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
-        cell = best_cell(view, view.cells.load)
-        if cell < 0:
-            return Decision(targets=(0,))
-        rows = view.cell_rows(cell)
-        scores = view.queue_depth[rows] / view.capacity[rows]
-        return Decision(targets=top_rows(view, cell, scores, 2))
+        # a pure function of published columns: the same until the view's epoch moves
+        if view.epoch != self._epoch:
+            self._epoch = view.epoch
+            cell = best_cell(view, view.cells.load)
+            if cell < 0:
+                self._decision = Decision(targets=(0,))
+            else:
+                rows = view.cell_rows(cell)
+                scores = view.queue_depth[rows] / view.capacity[rows]
+                self._decision = Decision(targets=top_rows(view, cell, scores, 2))
+        return self._decision
 
 
 class PowerOfTwo(Strategy):
