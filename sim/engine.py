@@ -26,7 +26,7 @@ import math
 import typing
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -91,7 +91,6 @@ class RunResult:
     events: int
     workload: Workload
     fleet: FleetArrays
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def simulate(
@@ -171,6 +170,7 @@ class _Engine:
         self.arr_t = wl.t.tolist()
         self.kind = wl.kind.tolist()
         self.origin = wl.origin.tolist()
+        self.tenant = wl.tenant.tolist()
         self.prompt = wl.prompt.tolist()
         self.output = wl.output.tolist()
         self.pgroup = wl.prefix_group.tolist()
@@ -334,7 +334,7 @@ class _Engine:
         rv = RequestView(
             request_id=r,
             kind=self.kind_names[k],
-            tenant=0,
+            tenant=self.tenant[r],
             prompt_tokens=self.prompt[r],
             output_tokens=self.out_est[k],
             prefix_group=self.pgroup[r],

@@ -38,10 +38,24 @@ def run_case(name: str) -> dict[str, object]:
     cfg = OUT / f"{scenario}.yaml"
     res = OUT / name
     OUT.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(BIN), "sim", "generate", "--example-type", scenario, "-o", str(cfg)], check=True)
+    subprocess.run(
+        [str(BIN), "sim", "generate", "--example-type", scenario, "-o", str(cfg)], check=True
+    )
     t0 = time.perf_counter()
     subprocess.run(
-        [str(BIN), "sim", "run", "-c", str(cfg), "-o", str(res), "--format", "csv", "--no-progress", *args],
+        [
+            str(BIN),
+            "sim",
+            "run",
+            "-c",
+            str(cfg),
+            "-o",
+            str(res),
+            "--format",
+            "csv",
+            "--no-progress",
+            *args,
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
     )

@@ -125,7 +125,6 @@ class FleetView:
     util_age_s: float | FloatArray
     cells: CellSummary
     rtt_s: FloatArray
-    extra: Mapping[str, Any] = field(default_factory=dict)
     epoch: int = 0
     cell_slices: list[slice] = field(default_factory=list)
 
