@@ -361,7 +361,7 @@ class _Engine:
         self._dispatch(r, target, t)
         h = d.hedge
         if h is not None and attempt == 0 and self.cfg.service.hedging and h.target != target:
-            self.push(t + h.delay_s, _HEDGE, r, h.target)
+            self.push(t + h.delay_s, _HEDGE, r, (h.target, h.only_if_queued))
 
     def _work_and_kv(self, j: int, n: int) -> tuple[float, float, float]:
         """(work seconds, KV GB, prefill seconds) of job ``j`` on node ``n``."""
@@ -513,8 +513,11 @@ class _Engine:
             self._admit_queued(n, t)
             self._reschedule(n, t)
 
-    def _on_hedge(self, r: int, target: int, t: float) -> None:
+    def _on_hedge(self, r: int, hedge: tuple[int, bool], t: float) -> None:
+        target, only_if_queued = hedge
         if self.r_status[r] != Status.IN_FLIGHT or self.r_live[r] == 0:
+            return
+        if only_if_queued and self.j_state[r] == _RUNNING:
             return
         if self.j_node[r] == target or not self.available[target]:
             return

@@ -92,7 +92,9 @@ def test_hedges_race_and_the_loser_is_cancelled() -> None:
     cfg = _with(
         tiny_config(),
         fleet__mix={"H100": 0.5, "L40": 0.5},
-        router__options={"mesh_hedge": {"hedge_factor": 0.2, "hedge_max_load": 10.0}},
+        router__options={
+            "mesh_hedge": {"hedge_factor": 0.2, "hedge_max_load": 10.0, "hedge_only_if_queued": 0}
+        },
     )
     res = simulate(cfg, "mesh_hedge")
     row = summary(cfg, res)
@@ -102,3 +104,14 @@ def test_hedges_race_and_the_loser_is_cancelled() -> None:
     done = res.status == Status.COMPLETED
     assert done.sum() == (res.status != Status.IN_FLIGHT).sum()  # each request finishes once
     assert int(res.hedge_won.sum()) == res.counters["hedge_wins"]
+
+
+def test_queued_only_hedges_skip_requests_already_in_service() -> None:
+    opts = {"hedge_factor": 0.2, "hedge_max_load": 10.0}
+    light = _with(
+        tiny_config(), router__options={"mesh_hedge": {**opts, "hedge_only_if_queued": 1}}
+    )
+    res = simulate(light, "mesh_hedge")
+    # at this load nothing waits for a batch slot, so no copy is ever sent
+    assert res.counters["hedges_sent"] == 0
+    assert res.counters["wasted_work_s"] == 0.0

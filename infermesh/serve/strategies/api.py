@@ -153,10 +153,15 @@ class FleetView:
 
 @dataclass(frozen=True, slots=True)
 class Hedge:
-    """Send a second copy to ``target`` if the first has not finished after ``delay_s``."""
+    """Send a second copy to ``target`` if the first has not finished after ``delay_s``.
+
+    With ``only_if_queued`` the copy is sent only while the first is still waiting for a
+    batch slot: a request already being served is usually closer to done than a fresh copy.
+    """
 
     target: int
     delay_s: float
+    only_if_queued: bool = False
 
 
 @dataclass(frozen=True, slots=True)

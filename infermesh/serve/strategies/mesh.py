@@ -10,9 +10,11 @@ stale and beat ``heuristic`` on heterogeneous fleets (it accounts for speed and 
 seconds, not in arbitrary weights).
 
 ``mesh_hedge`` adds a hedge: if the first copy has not finished after roughly its p95
-latency (learned per kind), a copy goes to the best node of the second-best cell (an
-independent failure domain); the host cancels the loser. Hedges are only sent while the
-chosen cell is below ``hedge_max_load``, so hedging does not amplify overload.
+latency (learned per kind) and is still queued (``hedge_only_if_queued``; a request in
+service is usually closer to done than a fresh copy), a copy goes to the best node of the
+second-best cell (an independent failure domain); the host cancels the loser. Hedges are
+only sent while the chosen cell is below ``hedge_max_load``, so hedging does not amplify
+overload.
 
 ``adaptive_mesh`` learns from outcomes: when the recent SLO-miss rate exceeds
 ``target_miss``, it weights load more than RTT (spreading wider), and it rejects requests
@@ -141,6 +143,7 @@ class MeshHedge(Mesh):
         **Mesh.defaults,
         "hedge_max_load": 0.7,
         "hedge_factor": 1.0,
+        "hedge_only_if_queued": 1.0,
     }
 
     def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
@@ -154,7 +157,10 @@ class MeshHedge(Mesh):
         if not alt:
             return Decision(targets=rows)
         delay = self.options["hedge_factor"] * self.est.latency_tail_s(request.kind, 3.0 * svc)
-        return Decision(targets=rows, hedge=Hedge(target=alt[0], delay_s=delay))
+        queued_only = self.options["hedge_only_if_queued"] > 0
+        return Decision(
+            targets=rows, hedge=Hedge(target=alt[0], delay_s=delay, only_if_queued=queued_only)
+        )
 
 
 class AdaptiveMesh(Mesh):
