@@ -48,28 +48,29 @@ class RoundRobin(Strategy):
 
 
 class _Sampler:
-    """Uniform draws of available nodes: a cell weighted by its available nodes, then a row."""
+    """Uniform draws of available nodes: a cell weighted by its available nodes, then one
+    of that cell's available rows (the per-cell row lists are rebuilt once per epoch)."""
 
     def __init__(self, rng: np.random.Generator) -> None:
         self.u = Uniforms(rng)
         self.epoch = -1
         self.cum: list[float] = []
+        self.rows: dict[int, np.ndarray] = {}
 
-    def draw(self, view: FleetView, tries: int = 8) -> int:
+    def draw(self, view: FleetView) -> int:
         if view.epoch != self.epoch:
             self.epoch = view.epoch
             self.cum = np.cumsum(view.cells.available.astype(np.float64)).tolist()
+            self.rows = {}
         total = self.cum[-1]
         if total <= 0:
             return int(self.u.next() * view.n_nodes)
-        for _ in range(tries):
-            cell = min(bisect.bisect_right(self.cum, self.u.next() * total), len(self.cum) - 1)
-            rows = view.cell_rows(cell)
-            i = rows.start + int(self.u.next() * (rows.stop - rows.start))
-            if view.available[i]:
-                return i
-        avail = np.flatnonzero(view.available)
-        return int(avail[int(self.u.next() * avail.size)]) if avail.size else 0
+        cell = min(bisect.bisect_right(self.cum, self.u.next() * total), len(self.cum) - 1)
+        rows = self.rows.get(cell)
+        if rows is None:
+            sl = view.cell_rows(cell)
+            rows = self.rows[cell] = np.flatnonzero(view.available[sl]) + sl.start
+        return int(rows[int(self.u.next() * rows.size)])
 
 
 class RandomChoice(Strategy):
