@@ -21,7 +21,7 @@ import os
 import queue
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -131,62 +131,95 @@ def run_scenario(
     jobs: int | None = None,
     show_progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run every strategy (in parallel processes) and write all result files."""
+    """Run every strategy and write all result files.
+
+    With more than one job, strategies run in ``spawn``-ed worker processes: a script that
+    calls this needs the usual ``if __name__ == "__main__":`` guard. With one job they run
+    one after the other in this process.
+    """
     names = list(strategies or cfg.strategies or DEFAULT_SET)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump(cfg))
     workers = max(1, min(jobs or os.cpu_count() or 1, len(names)))
-    cfg_data = to_dict(cfg)
-    rows: dict[str, dict[str, Any]] = {}
-    runtimes: dict[str, dict[str, Any]] = {}
-    ctx = mp.get_context("spawn")
-    manager = ctx.Manager() if show_progress else None
-    q = manager.Queue() if manager is not None else None
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futs: dict[str, Future[tuple[dict[str, Any], dict[str, Any]]]] = {
-                s: pool.submit(_worker, cfg_data, s, str(out), fmt, q) for s in names
-            }
-            if q is not None:
-                _show_progress(cfg, futs, q)
-            for s, fut in futs.items():
-                rows[s], runtimes[s] = fut.result()
-                log.info("%s: %s events/s", s, runtimes[s]["events_per_s"])
-    finally:
-        if manager is not None:
-            manager.shutdown()
-    ordered = [rows[s] for s in names]
+    with _Bars(cfg, names, show_progress) as bars:
+        if workers == 1:
+            results = {s: run_one(cfg, s, out, fmt, bars.update) for s in names}
+        else:
+            results = _run_in_pool(cfg, names, out, fmt, workers, bars)
+    for s, (_, runtime) in results.items():
+        log.info("%s: %s events/s", s, runtime["events_per_s"])
+    ordered = [results[s][0] for s in names]
     if fmt in ("csv", "both"):
         write_csv(out / "comparison.csv", ordered)
     if fmt in ("json", "both"):
         _write_json(out / "comparison.json", ordered)
+    runtimes = {s: results[s][1] for s in names}
     _write_json(out / "runtime.json", {"jobs": workers, "strategies": runtimes})
     return ordered
 
 
-def _show_progress(cfg: SimConfig, futs: dict[str, Future[Any]], q: Any) -> None:
-    """One rich progress bar per strategy: simulated seconds and events/s."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+def _run_in_pool(
+    cfg: SimConfig, names: list[str], out: Path, fmt: str, workers: int, bars: _Bars
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    ctx = mp.get_context("spawn")
+    manager = ctx.Manager() if bars.enabled else None
+    q = manager.Queue() if manager is not None else None
+    cfg_data = to_dict(cfg)
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futs = {s: pool.submit(_worker, cfg_data, s, str(out), fmt, q) for s in names}
+            while q is not None and not all(f.done() for f in futs.values()):
+                try:
+                    bars.update(*q.get(timeout=0.2))
+                except queue.Empty:
+                    continue
+            return {s: fut.result() for s, fut in futs.items()}
+    finally:
+        if manager is not None:
+            manager.shutdown()
 
-    total = cfg.duration_s + cfg.drain_s
-    started: dict[str, tuple[float, int]] = {}
-    with Progress(
-        TextColumn("{task.description:<18}"),
-        BarColumn(),
-        TextColumn("{task.fields[sim]:>8} sim s"),
-        TextColumn("{task.fields[eps]:>9} ev/s"),
-        TimeElapsedColumn(),
-    ) as bar:
-        tasks = {s: bar.add_task(s, total=total, sim="0", eps="-") for s in futs}
-        while not all(f.done() for f in futs.values()):
-            try:
-                name, t, events, _ = q.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            now = time.monotonic()
-            t0, e0 = started.setdefault(name, (now, events))
-            eps = (events - e0) / (now - t0) if now > t0 else 0.0
-            bar.update(tasks[name], completed=t, sim=f"{t:.0f}", eps=f"{eps:,.0f}")
-        for task in tasks.values():
-            bar.update(task, completed=total)
+
+class _Bars:
+    """One rich progress bar per strategy: simulated seconds and events/s (or nothing)."""
+
+    def __init__(self, cfg: SimConfig, names: list[str], enabled: bool) -> None:
+        self.enabled = enabled
+        self.total = cfg.duration_s + cfg.drain_s
+        self.names = names
+        self.started: dict[str, tuple[float, int]] = {}
+        self.last = 0.0
+        self.progress: Any = None
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _Bars:
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description:<18}"),
+                BarColumn(),
+                TextColumn("{task.fields[sim]:>8} sim s"),
+                TextColumn("{task.fields[eps]:>9} ev/s"),
+                TimeElapsedColumn(),
+            )
+            self.progress.__enter__()
+            self.tasks = {
+                s: self.progress.add_task(s, total=self.total, sim="0", eps="-") for s in self.names
+            }
+        return self
+
+    def update(self, name: str, t: float, events: int, routed: int = 0) -> None:
+        """Show that ``name`` reached simulated time ``t`` after ``events`` events."""
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        t0, e0 = self.started.setdefault(name, (now, events))
+        eps = (events - e0) / (now - t0) if now > t0 else 0.0
+        self.progress.update(self.tasks[name], completed=t, sim=f"{t:.0f}", eps=f"{eps:,.0f}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            for task in self.tasks.values():
+                self.progress.update(task, completed=self.total)
+            self.progress.__exit__(None, None, None)
