@@ -195,6 +195,7 @@ class _Engine:
         self.r_partner = [-1] * r
         self.r_live = [0] * r
         self.r_excluded: dict[int, tuple[int, ...]] = {}
+        self.retry_pending: set[int] = set()
         self.r_cache_hit = [False] * r
         # per-job columns; job id == request id for the first copy, hedges appended
         self.j_req = list(range(r))
@@ -435,8 +436,13 @@ class _Engine:
             self.r_excluded[r] = (*self.r_excluded.get(r, ()), self.j_node[j])
             self.r_attempt[r] += 1
             self.counters["retries"] += 1
+            self.retry_pending.add(r)
             self.push(t + self.cfg.service.retry_backoff_s, _RETRY, r)
-        elif self.r_live[r] == 0 and self.r_status[r] == Status.IN_FLIGHT:
+        elif (
+            self.r_live[r] == 0
+            and r not in self.retry_pending
+            and self.r_status[r] == Status.IN_FLIGHT
+        ):
             self.r_status[r] = Status.DROPPED
 
     def _on_complete(self, n: int, version: int, t: float) -> None:
@@ -620,6 +626,7 @@ class _Engine:
                 elif et == _HEDGE:
                     self._on_hedge(a, b, t)
                 else:  # _RETRY
+                    self.retry_pending.discard(a)
                     if self.r_status[a] == Status.IN_FLIGHT and self.j_state[a] == _REFUSED:
                         self._route(a, t)
             events += 1
