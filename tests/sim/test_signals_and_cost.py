@@ -115,3 +115,31 @@ def test_queued_only_hedges_skip_requests_already_in_service() -> None:
     # at this load nothing waits for a batch slot, so no copy is ever sent
     assert res.counters["hedges_sent"] == 0
     assert res.counters["wasted_work_s"] == 0.0
+
+
+def test_autoscaler_powers_nodes_on_after_a_cold_start_when_load_rises() -> None:
+    from sim.testing import fixed_workload
+
+    base = queueing_config(
+        servers=1, nodes=8, model="constant", mean_s=5.0, duration_s=400.0, drain_s=400.0
+    )
+    cfg = _with(
+        base,
+        warmup_s=0.0,
+        autoscaler={
+            "enabled": True,
+            "tick_s": 10.0,
+            "idle_timeout_s": 50.0,
+            "cold_start_s": 30.0,
+            "min_nodes_per_cell": 1,
+            "scale_up_load": 0.5,
+        },
+    )
+    times = [200.0] * 10 + [250.0 + i for i in range(10)]
+    res = simulate(cfg, "least_loaded", fixed_workload(cfg, times, kind="vision"))
+    first, second = res.node[:10], res.node[10:]
+    assert len(set(first.tolist())) == 1  # only the node kept on was there at t = 200
+    assert len(set(second.tolist())) > 1  # started at the t = 210 tick, serving from t = 240
+    started = res.provisioned_s < res.t_end
+    assert (res.status == Status.COMPLETED).all()
+    assert started.sum() >= 7  # released after ~60 s, some powered again later
