@@ -6,6 +6,7 @@ import typer
 
 import infermesh
 from infermesh.cli import runs
+from infermesh.cli.sim import sim_app
 
 app = typer.Typer(
     name="infermesh",
@@ -13,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(sim_app, name="sim")
 
 
 @app.command()
