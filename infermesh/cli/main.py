@@ -14,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(runs.app, name="runs")
 app.add_typer(sim_app, name="sim")
 
 
@@ -21,6 +22,3 @@ app.add_typer(sim_app, name="sim")
 def version() -> None:
     """Print the InferMesh version."""
     typer.echo(f"infermesh {infermesh.__version__}")
-
-
-app.add_typer(runs.app, name="runs")
