@@ -14,6 +14,7 @@ def main() -> None:
     model, opt, rank = setup()
     train_step(model, opt)
     record(f"first_step.rank{rank}")
+    del model, opt  # before teardown(): see its docstring
     teardown()
 
 

@@ -33,6 +33,7 @@ def main() -> None:
         train_step(model, opt)
         if attempt != "0" and step == 1:
             record(f"restart_step.rank{rank}")
+    del model, opt  # before teardown(): see its docstring
     teardown()
 
 
