@@ -365,7 +365,13 @@ def train(job: JobConfig) -> str:
     try:
         rank = dist.get_rank() if launched else 0
         world = dist.get_world_size() if launched else 1
-        return _Trainer(job, device, rank, world).run()
+        summary = _Trainer(job, device, rank, world).run()  # frees the DDP model on return
+        if launched:
+            # every rank is done with its gloo pairs before any tears them down; without
+            # this, gloo sometimes aborts a rank at exit ("terminate called without an
+            # active exception")
+            dist.barrier()
+        return summary
     finally:
         if launched:
             dist.destroy_process_group()

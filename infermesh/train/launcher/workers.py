@@ -15,7 +15,7 @@ import subprocess
 from torch.distributed.elastic.multiprocessing import LogsSpecs
 from torch.distributed.elastic.multiprocessing.api import SubprocessContext
 
-from infermesh.train.launcher.zygote import SpawnRequest, Zygote
+from infermesh.train.launcher.zygote import SpawnRequest, Zygote, signal_worker
 
 __all__ = ["ForkedContext"]
 
@@ -45,10 +45,7 @@ class _ForkedHandler:
         self.local_rank_id = local_rank
 
     def close(self, death_sig: signal.Signals | None = None) -> None:
-        try:
-            os.killpg(self.proc.pid, death_sig or signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        signal_worker(self.proc.pid, death_sig or signal.SIGTERM)
 
 
 class ForkedContext(SubprocessContext):

@@ -40,7 +40,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SpawnRequest", "Zygote", "ZygoteUnavailable"]
+__all__ = ["SpawnRequest", "Zygote", "ZygoteUnavailable", "signal_worker"]
 
 
 class ZygoteUnavailable(RuntimeError):
@@ -256,10 +256,7 @@ def _serve(fd: int, preload: list[str]) -> None:
                     _send(sock, {"spawned": pid})
     finally:
         for pid in children:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
+            signal_worker(pid, signal.SIGKILL)
         for pid in children:
             try:
                 os.waitpid(pid, 0)
@@ -285,19 +282,27 @@ def _reap(sock: socket.socket, children: set[int]) -> None:
 
 
 def _fork_worker(req: SpawnRequest, sock: socket.socket, wake: tuple[int, int]) -> int:
+    """Fork one worker; return once it leads its own session, so killpg(pid) reaches it."""
+    led_r, led_w = os.pipe()
     pid = os.fork()
     if pid:
+        os.close(led_w)
+        os.read(led_r, 1)  # the worker's setsid() is done (or it died: EOF)
+        os.close(led_r)
         return pid
     # -- in the worker: never return from here --------------------------------------
     code = 1
     try:
+        os.setsid()
+        os.close(led_r)
+        os.write(led_w, b"1")
+        os.close(led_w)
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         sock.close()
         os.close(wake[0])
         os.close(wake[1])
-        os.setsid()
         code = _run_worker(req)
     except BaseException:  # last resort: never let a worker fall back into the server loop
         import traceback
@@ -305,6 +310,17 @@ def _fork_worker(req: SpawnRequest, sock: socket.socket, wake: tuple[int, int]) 
         traceback.print_exc()
     finally:
         os._exit(code)
+
+
+def signal_worker(pid: int, sig: int) -> None:
+    """Send ``sig`` to a worker's process group (its subprocesses too), else to the worker."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _redirect(fd: int, path: str) -> None:
