@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from infermesh.core.errors import CheckpointError, UsageError
 from infermesh.models.tiny_gpt import CharTokenizer, TinyGPT, TinyGPTConfig
-from infermesh.train import heartbeat
+from infermesh.train import heartbeat, prepare
 from infermesh.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from infermesh.train.data import DataConfig, TokenBatchSampler, build_tokenizer, load_corpus
 
@@ -96,6 +96,10 @@ class TrainerConfig:
 
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``."""
+
+    mesh_hook: bool = True
+    """All-reduce gradients with InferMesh's MeshHook (planned collectives, timings, straggler
+    detection); false keeps DDP's default all-reduce. Only used when launched with >1 rank."""
 
     def __post_init__(self) -> None:
         positive = ("max_steps", "log_every", "ckpt_every", "keep_last")
@@ -338,6 +342,8 @@ class _Trainer:
         if self.distributed:
             ids = [device.index] if device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
+            if tr.mesh_hook:
+                prepare(self.net)
         self.sampler = TokenBatchSampler(
             tokens,
             batch_size=data.batch_size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 import infermesh
+from infermesh.cli import topo
 
 app = typer.Typer(
     name="infermesh",
@@ -12,6 +13,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(topo.app)
 
 
 @app.command()

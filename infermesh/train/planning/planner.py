@@ -229,12 +229,12 @@ def describe(plan: CollectivePlan) -> str:
     """A table of every alternative (fastest first) and the chosen plan, for people."""
     rows = sorted(plan.alternatives, key=lambda a: a.predicted_s)
     width = max([len(a.choice.label()) for a in rows] + [4])
-    lines = [f"{'plan':<{width}}  {'predicted':>12}  {'factor':>6}"]
+    lines = [f"{'plan':<{width}}  {'predicted':>12}  {'meas/model':>10}"]
     for alt in rows:
         mark = "  <- chosen" if alt.choice == plan.choice else ""
         lines.append(
             f"{alt.choice.label():<{width}}  {alt.predicted_s * 1e3:>10.3f}ms  "
-            f"{alt.measured_factor:>6.2f}{mark}"
+            f"{alt.measured_factor:>10.2f}{mark}"
         )
     lines.append(
         f"chosen: {plan.choice.algorithm.value}, compression {plan.choice.compression.value}, "
