@@ -105,17 +105,13 @@ def candidates(job: JobShape, config: PlannerConfig) -> list[PlanChoice]:
     return out
 
 
-def _factors(
-    measurements: list[Measurement],
-) -> tuple[dict[tuple[Algorithm, Compression], float], float]:
-    """Median measured/predicted ratio per (algorithm, compression), and over all of them."""
+def _factors(measurements: list[Measurement]) -> dict[tuple[Algorithm, Compression], float]:
+    """Median measured/predicted ratio per measured (algorithm, compression)."""
     by_key: dict[tuple[Algorithm, Compression], list[float]] = defaultdict(list)
     for m in measurements:
         if m.predicted_s > 0 and m.measured_s > 0:
             by_key[(m.choice.algorithm, m.choice.compression)].append(m.measured_s / m.predicted_s)
-    factors = {k: statistics.median(v) for k, v in by_key.items()}
-    overall = statistics.median(factors.values()) if factors else 1.0
-    return factors, overall
+    return {k: statistics.median(v) for k, v in by_key.items()}
 
 
 def plan_collectives(
@@ -129,16 +125,19 @@ def plan_collectives(
     """Return the collective plan for ``job`` on ``links``.
 
     ``stats`` are measured collective times; each (algorithm, compression) that was measured
-    has its predictions scaled by its median measured/predicted ratio, the others by the
-    median over the measured ones. With ``previous``, the plan only changes when the best
-    alternative is predicted at least ``config.min_gain`` faster than keeping ``previous``.
+    has its predictions scaled by its median measured/predicted ratio; the others keep the
+    model's prediction, so a plan measured slower than modelled is replaced by the next one
+    the model ranks best, which is measured in turn (a machine slower than its profile
+    explores each alternative at most once, then settles). With ``previous``, the plan only
+    changes when the best alternative is predicted at least ``config.min_gain`` faster than
+    keeping ``previous``.
     """
     config = config or PlannerConfig()
-    factors, overall = _factors(stats or [])
+    factors = _factors(stats or [])
     alternatives = []
     for choice in candidates(job, config):
         model = step_time(choice, job, links, config.powersgd_rank)
-        factor = factors.get((choice.algorithm, choice.compression), overall)
+        factor = factors.get((choice.algorithm, choice.compression), 1.0)
         alternatives.append(Alternative(choice, model * factor, factor))
     best = min(alternatives, key=lambda a: a.predicted_s)
     alts = tuple(alternatives)
@@ -191,7 +190,8 @@ class Replanner:
     ) -> None:
         self.job, self.links = job, links
         self.config = config or PlannerConfig()
-        self.measurements: deque[Measurement] = deque(maxlen=history)
+        self.history = history
+        self._measured: dict[tuple[Algorithm, Compression], deque[Measurement]] = {}
         self.plan = plan_collectives(job, links, config=self.config)
 
     def observe(self, choice: PlanChoice, measured_s: float) -> None:
@@ -199,7 +199,17 @@ class Replanner:
         if not math.isfinite(measured_s) or measured_s <= 0:
             return
         predicted = step_time(choice, self.job, self.links, self.config.powersgd_rank)
-        self.measurements.append(Measurement(choice, measured_s, predicted))
+        key = (choice.algorithm, choice.compression)
+        self._measured.setdefault(key, deque(maxlen=self.history))
+        self._measured[key].append(Measurement(choice, measured_s, predicted))
+
+    @property
+    def measurements(self) -> list[Measurement]:
+        """The last ``history`` measurements of each (algorithm, compression) ever measured.
+
+        Kept per key so that a plan measured long ago is not forgotten and explored again.
+        """
+        return [m for recent in self._measured.values() for m in recent]
 
     def maybe_replan(self, step: int) -> CollectivePlan:
         """At every ``replan_every``-th step, re-plan from the measurements; return the plan."""
@@ -207,7 +217,7 @@ class Replanner:
             new = plan_collectives(
                 self.job,
                 self.links,
-                list(self.measurements),
+                self.measurements,
                 previous=self.plan,
                 config=self.config,
             )
