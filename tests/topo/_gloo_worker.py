@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,21 @@ SCENARIOS: dict[str, tuple[Any, dict[str, Any], int]] = {
         10,
     ),
     "planner": (None, {"replan_every": 3}, STEPS),
+    "straggler": (
+        _fixed(PlanChoice(A.RING, C.NONE, 1)),
+        {"replan_every": 2, "straggler_windows": 2, "straggler_factor": 2.0},
+        8,
+    ),
 }
+SLOW_RANK, SLOW_S = 2, 0.06
+
+
+def _busy(seconds: float) -> None:
+    """Compute (not sleep) for ``seconds``: a slow rank, as a slower GPU would be."""
+    end = time.perf_counter() + seconds
+    a = torch.ones(64, 64)
+    while time.perf_counter() < end:
+        a = torch.tanh(a @ a)
 
 
 def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
@@ -87,6 +102,8 @@ def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
         y = torch.randn(2, 4, generator=gen)
         step_losses = []
         for model, opt in zip((ref, mesh), opts, strict=True):
+            if model is mesh and name == "straggler" and rank == SLOW_RANK:
+                _busy(SLOW_S)  # the others wait for it in the hook's collectives
             opt.zero_grad()
             loss = torch.nn.functional.mse_loss(model(x), y)
             loss.backward()
@@ -109,6 +126,7 @@ def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
         "emulated": sorted({r.algorithm for r in hook.records if r.emulated}),
         "algorithms": sorted({r.algorithm for r in hook.records}),
         "steps": hook.step,
+        "stragglers": [[e.rank, e.step] for e in hook.stragglers],
     }
 
 

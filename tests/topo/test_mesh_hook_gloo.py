@@ -35,6 +35,7 @@ TOLERANCE = {
     "powersgd": 5e-3,
     "switching": 2e-3,
     "planner": 1e-5,
+    "straggler": 1e-5,
 }
 
 
@@ -115,3 +116,12 @@ def test_without_a_schedule_rank_zero_plans_and_every_rank_follows(
         planned = seen["planner"]
         assert planned["steps"] == _gloo_worker.STEPS
         assert planned["plans"][0][:2] == [0, 1]
+
+
+def test_a_rank_that_computes_longer_every_step_is_reported_as_a_straggler_on_every_rank(
+    ranks: list[dict[str, Any]],
+) -> None:
+    for seen in ranks:
+        reported = seen["straggler"]["stragglers"]
+        assert [rank for rank, _ in reported] == [_gloo_worker.SLOW_RANK], reported
+    assert all(r["ring"]["stragglers"] == [] for r in ranks)
