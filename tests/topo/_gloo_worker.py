@@ -74,11 +74,11 @@ SCENARIOS: dict[str, tuple[Any, dict[str, Any], int]] = {
     "planner": (None, {"replan_every": 3}, STEPS),
     "straggler": (
         _fixed(PlanChoice(A.RING, C.NONE, 1)),
-        {"replan_every": 2, "straggler_windows": 2, "straggler_factor": 2.0},
-        8,
+        {"replan_every": 2, "straggler_windows": 2, "straggler_factor": 1.5},
+        10,
     ),
 }
-SLOW_RANK, SLOW_S = 2, 0.06
+SLOW_RANK, SLOW_S = 2, 0.08
 
 
 def _busy(seconds: float) -> None:
@@ -127,6 +127,7 @@ def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
         "algorithms": sorted({r.algorithm for r in hook.records}),
         "steps": hook.step,
         "stragglers": [[e.rank, e.step] for e in hook.stragglers],
+        "windows": list(hook.windows),
     }
 
 
@@ -157,11 +158,5 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         results = run(Path(tmp), names=sys.argv[1:] or None)
         for name, res in results[0].items():
-            print(
-                name,
-                max(res["errors"]),
-                res["plans"],
-                res["groups"],
-                res["emulated"],
-                res["records"],
-            )
+            print(name, max(res["errors"]), res["plans"], res["groups"], res["emulated"])
+            print("  windows:", res["windows"], "stragglers:", res["stragglers"])

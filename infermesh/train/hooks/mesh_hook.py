@@ -249,6 +249,8 @@ class MeshHook:
             self.world, config.straggler_factor, config.straggler_windows
         )
         self.stragglers: list[StragglerEvent] = []
+        self.windows: deque[tuple[int, list[float], list[float]]] = deque(maxlen=1000)
+        """Per agreement: ``(step, busy s/step per rank, collective s/step per rank)``."""
         self.records: deque[CollectiveRecord] = deque(maxlen=config.history)
         self.plans: list[tuple[int, int, PlanChoice]] = []
         """``(step, version, choice)`` of every plan this rank adopted."""
@@ -378,6 +380,7 @@ class MeshHook:
             self.plans.append((self.step, version, choice))
             _PLAN_VERSION.labels(**self._labels).set(version)
         if steps and self.step > 0:
+            self.windows.append((self.step, [r[4] for r in rows], [r[5] for r in rows]))
             for event in self.detector.update(self.step, [r[4] for r in rows]):
                 self.stragglers.append(event)
                 if self.rank == 0:
