@@ -23,6 +23,7 @@ from infermesh.train.planning import (
     link_profile,
     parse_bytes,
     parse_choice,
+    parse_plan_choice,
     plan_collectives,
     step_time,
 )
@@ -188,3 +189,23 @@ def test_a_machine_uniformly_slower_than_its_profile_settles_on_one_plan() -> No
     algorithms = {a.choice.algorithm for a in replanner.plan.alternatives}
     assert versions[-1] <= len(algorithms) + 1  # each algorithm explored at most once
     assert len(set(versions[50:])) == 1
+
+
+def test_a_fixed_plan_is_written_algorithm_slash_compression_slash_window() -> None:
+    assert parse_plan_choice("hierarchical/bf16/4MB", 1) == PlanChoice(
+        Algorithm.HIERARCHICAL, Compression.BF16, 4 * 10**6
+    )
+    assert parse_plan_choice("ring/none", 123).fusion_bytes == 123
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ring", "bad plan 'ring'; write algorithm/compression[/window]"),
+        ("ringg/none", "unknown algorithm 'ringg'; known: ring"),
+        ("ring/zip", "unknown compression 'zip'; known: none"),
+    ],
+)
+def test_a_bad_fixed_plan_names_the_value_and_the_allowed_form(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse_plan_choice(text, 1)

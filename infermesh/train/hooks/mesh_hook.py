@@ -68,6 +68,8 @@ from infermesh.train.planning import (
     format_bytes,
     link_profile,
     parse_choice,
+    parse_plan_choice,
+    step_time,
 )
 
 logger = logging.getLogger(__name__)
@@ -81,6 +83,8 @@ __all__ = [
     "prepare",
 ]
 
+PLAN_ENV = "INFERMESH_COLLECTIVE_PLAN"
+PROFILE_ENV = "INFERMESH_LINK_PROFILE"
 PlanProvider = Callable[[int], PlanChoice | None]
 """Called on rank 0 at each agreement step with the step number; None keeps the plan."""
 
@@ -122,8 +126,12 @@ class MeshHookConfig:
 
     link_profile: str | None = None
     """Hardware profile of the cost model (``infermesh topo plan --help`` lists them);
-    default ``cpu-loopback`` on gloo and ``h100-nvlink-400g`` on NCCL. Measured collective
-    times correct it as training runs."""
+    default ``$INFERMESH_LINK_PROFILE``, else ``cpu-loopback`` on gloo and
+    ``h100-nvlink-400g`` on NCCL. Measured collective times correct it as training runs."""
+
+    fixed_plan: str | None = None
+    """Run this plan instead of planning: ``algorithm/compression[/window]``, e.g.
+    ``hierarchical/none/4MB`` (benchmarks, debugging); default ``$INFERMESH_COLLECTIVE_PLAN``."""
 
     compressions: tuple[str, ...] = ("none",)
     """Compressions the planner may choose: none, fp16, bf16, powersgd."""
@@ -238,8 +246,10 @@ class MeshHook:
             )
         self.job = job
         self.node, self.local_index = divmod(self.rank, g)
-        profile = config.link_profile or (
-            "cpu-loopback" if self.backend == "gloo" else "h100-nvlink-400g"
+        profile = (
+            config.link_profile
+            or os.environ.get(PROFILE_ENV)
+            or ("cpu-loopback" if self.backend == "gloo" else "h100-nvlink-400g")
         )
         self.links = link_profile(profile)
         self.planner_config = config.planner_config(self.backend)
@@ -368,10 +378,11 @@ class MeshHook:
                 )
             if self.rank == 0:
                 logger.info(
-                    "step %d: collective plan v%d %s%s",
+                    "step %d: collective plan v%d %s, predicted %.2f ms/step%s",
                     self.step,
                     version,
                     choice.label(),
+                    self.predict(choice) * 1e3,
                     " (emulated on " + self.backend + ")"
                     if _emulated(self.backend, choice.algorithm)
                     else "",
@@ -380,6 +391,15 @@ class MeshHook:
             self.plans.append((self.step, version, choice))
             _PLAN_VERSION.labels(**self._labels).set(version)
         if steps and self.step > 0:
+            if self.rank == 0 and self.choice is not None:
+                logger.info(
+                    "steps %d-%d: %s collectives %.2f ms/step measured, %.2f predicted",
+                    self.step - steps,
+                    self.step - 1,
+                    self.choice.label(),
+                    comm / steps * 1e3,
+                    self.predict(self.choice) * 1e3,
+                )
             self.windows.append((self.step, [r[4] for r in rows], [r[5] for r in rows]))
             for event in self.detector.update(self.step, [r[4] for r in rows]):
                 self.stragglers.append(event)
@@ -535,6 +555,10 @@ class MeshHook:
 
     # -- reporting --------------------------------------------------------------------------
 
+    def predict(self, choice: PlanChoice) -> float:
+        """The cost model's collective seconds per step for ``choice`` on this job."""
+        return step_time(choice, self.job, self.links, self.planner_config.powersgd_rank)
+
     def current_plan(self) -> CollectivePlan | None:
         """Rank 0: the planner's full plan (with alternatives); None on other ranks."""
         return self.replanner.plan if self.replanner is not None else None
@@ -584,6 +608,10 @@ def prepare(
         grad_bytes=max(1, grad_bytes),
         bucket_bytes=max(1, int(model.bucket_bytes_cap)),
     )
+    fixed = config.fixed_plan or os.environ.get(PLAN_ENV)
+    if fixed and plan_provider is None:
+        choice = parse_plan_choice(fixed, job.grad_bytes)
+        plan_provider = lambda step: choice  # noqa: E731
     hook = MeshHook(job, config, plan_provider=plan_provider, process_group=pg)
     model.register_comm_hook(hook, mesh_comm_hook)
     if hook.rank == 0:

@@ -17,6 +17,7 @@ from infermesh.train.planning.api import (
     format_bytes,
     parse_bytes,
     parse_choice,
+    parse_plan_choice,
 )
 from infermesh.train.planning.cost_model import allreduce_time, step_time
 from infermesh.train.planning.links import (
@@ -59,6 +60,7 @@ __all__ = [
     "link_profile",
     "parse_bytes",
     "parse_choice",
+    "parse_plan_choice",
     "plan_collectives",
     "step_time",
 ]

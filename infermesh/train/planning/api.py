@@ -27,6 +27,7 @@ __all__ = [
     "format_bytes",
     "parse_bytes",
     "parse_choice",
+    "parse_plan_choice",
 ]
 
 
@@ -223,3 +224,18 @@ class CollectivePlan:
             return value
 
         return plain(out)  # type: ignore[no-any-return]
+
+
+def parse_plan_choice(text: str, default_window: int) -> PlanChoice:
+    """Parse ``algorithm/compression[/window]`` (e.g. ``hierarchical/none/4MB``)."""
+    parts = text.split("/")
+    if len(parts) not in (2, 3):
+        raise UsageError(
+            f"bad plan {text!r}; write algorithm/compression[/window], e.g. hierarchical/none/4MB"
+        )
+    window = parse_bytes(parts[2]) if len(parts) == 3 else default_window
+    return PlanChoice(
+        parse_choice(Algorithm, parts[0], "algorithm"),
+        parse_choice(Compression, parts[1], "compression"),
+        window,
+    )
