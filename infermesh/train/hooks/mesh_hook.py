@@ -275,6 +275,12 @@ class MeshHook:
         self._intra: dist.ProcessGroup | None = None
         self._inter: dist.ProcessGroup | None = None
         if job.nodes > 1 and g > 1:
+            if self.world != dist.get_world_size():
+                raise UsageError(
+                    f"the model's process group has {self.world} of {dist.get_world_size()} "
+                    "ranks; the two-level layout needs the default group, or set "
+                    f"gpus_per_node={self.world} for one flat group"
+                )
             self._build_subgroups(job.nodes, g)
         self._psgd: PowerSGDState | None = None
         self._pending: list[torch.Tensor] = []
