@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from infermesh.train.hooks import MeshHookConfig, prepare
+from infermesh.train.hooks.mesh_hook import PLAN_ENV
 from infermesh.train.planning import Algorithm, Compression, PlanChoice
 
 A, C = Algorithm, Compression
@@ -72,6 +73,7 @@ SCENARIOS: dict[str, tuple[Any, dict[str, Any], int]] = {
         10,
     ),
     "planner": (None, {"replan_every": 3}, STEPS),
+    "env_plan": (None, {}, 2),
     "straggler": (
         _fixed(PlanChoice(A.RING, C.NONE, 1)),
         {"replan_every": 2, "straggler_windows": 2, "straggler_factor": 1.5},
@@ -93,7 +95,12 @@ def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
     provider, overrides, steps = SCENARIOS[name]
     ref = DistributedDataParallel(_mlp(), bucket_cap_mb=BUCKET_MB)
     mesh = DistributedDataParallel(_mlp(), bucket_cap_mb=BUCKET_MB)
-    hook = prepare(mesh, MeshHookConfig(gpus_per_node=2, **overrides), plan_provider=provider)
+    if name == "env_plan":
+        os.environ[PLAN_ENV] = "hierarchical_leader/bf16/1MB"
+    try:
+        hook = prepare(mesh, MeshHookConfig(gpus_per_node=2, **overrides), plan_provider=provider)
+    finally:
+        os.environ.pop(PLAN_ENV, None)
     opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (ref, mesh)]
     gen = torch.Generator().manual_seed(100 + rank)
     errors, losses = [], []

@@ -35,6 +35,7 @@ TOLERANCE = {
     "powersgd": 5e-3,
     "switching": 2e-3,
     "planner": 1e-5,
+    "env_plan": 1.6e-2,
     "straggler": 1e-5,
 }
 
@@ -125,3 +126,8 @@ def test_a_rank_that_computes_longer_every_step_is_reported_as_a_straggler_on_ev
         reported = seen["straggler"]["stragglers"]
         assert [rank for rank, _ in reported] == [_gloo_worker.SLOW_RANK], reported
     assert all(r["ring"]["stragglers"] == [] for r in ranks)
+
+
+def test_a_fixed_plan_in_the_environment_replaces_the_planner(ranks: list[dict[str, Any]]) -> None:
+    for seen in ranks:
+        assert seen["env_plan"]["plans"] == [[0, 1, "hierarchical_leader/bf16/976.6KiB"]]
