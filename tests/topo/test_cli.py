@@ -62,3 +62,13 @@ def test_prepare_refuses_a_model_that_is_not_ddp() -> None:
 def test_importing_the_worker_api_does_not_import_torch() -> None:
     code = "import sys, infermesh.train; assert 'torch' not in sys.modules; infermesh.train.prepare"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_planner_is_pure_and_imports_neither_torch_nor_other_subsystems() -> None:
+    code = (
+        "import sys, infermesh.train.planning, infermesh.cli.topo\n"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('infermesh.obs', "
+        "'infermesh.train.hooks', 'infermesh.train.launcher'))]\n"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
