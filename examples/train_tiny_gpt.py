@@ -99,7 +99,7 @@ class TrainerConfig:
 
     mesh_hook: bool = True
     """All-reduce gradients with InferMesh's MeshHook (planned collectives, timings, straggler
-    detection); false keeps DDP's default all-reduce. Only used when launched with >1 rank."""
+    detection); false keeps DDP's default all-reduce. Used whenever the job runs under DDP."""
 
     def __post_init__(self) -> None:
         positive = ("max_steps", "log_every", "ckpt_every", "keep_last")
