@@ -3,9 +3,10 @@
 Two network namespaces are the two "nodes", joined by a veth pair whose both ends are shaped
 by a ``tbf`` qdisc (default 1 Gbit/s); the two ranks of a "node" talk over its loopback.
 ``infermesh-run`` starts the example job (4 ranks, 2 per "node", gloo) once per plan: each
-fixed plan (``INFERMESH_COLLECTIVE_PLAN``) and the planner (cost model ``veth-1g``, re-planning
-from measurements). It prints a Markdown table: steady-state ms/step, speed-up over flat ring,
-the hook's measured collective ms/step and the cost model's prediction.
+fixed plan (``INFERMESH_COLLECTIVE_PLAN``) and the planner (cost model ``veth-1g`` or
+``veth-100m`` to match ``--rate``, re-planning from measurements). It prints a Markdown
+table: steady-state ms/step, speed-up over flat ring, the hook's measured collective ms/step
+and the cost model's prediction.
 
 Needs root (namespaces, tc); without it the script says so and exits 0.
 
@@ -29,6 +30,7 @@ BIN = Path(sys.executable).parent
 NS = ("imesh-n0", "imesh-n1")
 DEV = ("imesh-v0", "imesh-v1")
 ADDR = ("10.77.0.1", "10.77.0.2")
+PROFILE_OF_RATE = {"1gbit": "veth-1g", "100mbit": "veth-100m"}
 PLANS = ("ring/none", "hierarchical/none", "hierarchical_leader/none", "planner")
 STEP_RE = re.compile(r"step (\d+)/\d+ loss [\d.]+ [\d.]+k tok/s ([\d.]+) ms/step")
 COMM_RE = re.compile(
@@ -61,14 +63,16 @@ def setup(rate: str) -> None:
             "rate", rate, "burst", "256kb", "latency", "100ms")  # fmt: skip
 
 
-def run_plan(plan: str, steps: int, work: Path, port: int, overrides: list[str]) -> dict[str, str]:
+def run_plan(
+    plan: str, steps: int, work: Path, port: int, overrides: list[str], profile: str
+) -> dict[str, str]:
     """Train with ``plan`` on both "nodes"; return the parsed figures of node 0's rank 0."""
     out_dir = work / plan.replace("/", "_")
     procs = []
     for node in (0, 1):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "TORCHELASTIC"))}
         env.update(GLOO_SOCKET_IFNAME=DEV[node], OMP_NUM_THREADS="1",
-                   INFERMESH_LINK_PROFILE="veth-1g")  # fmt: skip
+                   INFERMESH_LINK_PROFILE=profile)  # fmt: skip
         env.pop("INFERMESH_COLLECTIVE_PLAN", None)
         if plan != "planner":
             env["INFERMESH_COLLECTIVE_PLAN"] = plan
@@ -101,7 +105,9 @@ def run_plan(plan: str, steps: int, work: Path, port: int, overrides: list[str])
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", default="1gbit", help="tbf rate between the nodes")
+    parser.add_argument(
+        "--rate", default="1gbit", help="tbf rate between the nodes: 1gbit, 100mbit"
+    )
     parser.add_argument("--steps", type=int, default=150, help="training steps per plan")
     parser.add_argument("--plans", default=",".join(PLANS), help="comma-separated plans")
     parser.add_argument("--port", type=int, default=29680, help="first master port")
@@ -111,12 +117,18 @@ def main() -> int:
         print("bench_netns: skipped: needs root and the ip and tc commands (iproute2)")
         return 0
     overrides = ["data.max_chars=200000", "data.batch_size=4", *args.overrides]
+    profile = PROFILE_OF_RATE.get(args.rate)
+    if profile is None:
+        known = ", ".join(PROFILE_OF_RATE)
+        parser.error(f"--rate {args.rate}: no link profile for it; use one of {known}")
     setup(args.rate)
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for i, plan in enumerate(args.plans.split(",")):
-                rows.append(run_plan(plan, args.steps, Path(tmp), args.port + i, overrides))
+                rows.append(
+                    run_plan(plan, args.steps, Path(tmp), args.port + i, overrides, profile)
+                )
                 print(f"# {rows[-1]}", file=sys.stderr, flush=True)
     finally:
         teardown()

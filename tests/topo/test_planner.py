@@ -133,16 +133,19 @@ def test_a_plan_changes_with_a_new_version_when_the_gain_exceeds_the_threshold()
 
 def test_measured_times_switch_the_plan_once_and_then_it_stays() -> None:
     job = JobShape(nodes=2, gpus_per_node=2, grad_bytes=4 * MIB, bucket_bytes=4 * MIB)
-    replanner = Replanner(job, link_profile("cpu-loopback"), PlannerConfig(replan_every=10))
+    replanner = Replanner(job, link_profile("veth-1g"), PlannerConfig(replan_every=10))
     first = replanner.plan.choice
+    ranked = sorted(replanner.plan.alternatives, key=lambda a: a.predicted_s)
+    other = next(a.choice for a in ranked if a.choice.algorithm != first.algorithm)
+    replanner.observe(other, 2.0 * step_time(other, job, replanner.links))  # measured earlier
     versions = []
     for step in range(1, 61):
         choice = replanner.plan.choice
-        predicted = step_time(choice, job, replanner.links)
-        # the model is right about every plan except the first choice, which is 5x slower
-        replanner.observe(choice, predicted * (5.0 if choice == first else 1.0))
+        # the first choice is 5x slower than modelled, the other plan 2x
+        factor = 5.0 if choice == first else 2.0
+        replanner.observe(choice, factor * step_time(choice, job, replanner.links))
         versions.append(replanner.maybe_replan(step).version)
-    assert replanner.plan.choice != first
+    assert replanner.plan.choice.algorithm == other.algorithm
     assert versions[:9] == [1] * 9  # nothing changes between re-planning steps
     assert versions[-1] == 2  # switched once, at step 10, then no flapping
 
@@ -186,9 +189,7 @@ def test_a_machine_uniformly_slower_than_its_profile_settles_on_one_plan() -> No
         choice = replanner.plan.choice
         replanner.observe(choice, 3.0 * step_time(choice, job, replanner.links))
         versions.append(replanner.maybe_replan(step).version)
-    algorithms = {a.choice.algorithm for a in replanner.plan.alternatives}
-    assert versions[-1] <= len(algorithms) + 1  # each algorithm explored at most once
-    assert len(set(versions[50:])) == 1
+    assert set(versions) == {1}  # the profile is off for every plan alike: nothing to gain
 
 
 def test_a_fixed_plan_is_written_algorithm_slash_compression_slash_window() -> None:

@@ -19,6 +19,7 @@ wan             1 ms        12.5 GB/s      100 Gb/s metro link between cells (as
 loopback        30 us       2 GB/s         gloo over TCP loopback on one CPU machine (rough
                                            figure from this project's machines; measure)
 ethernet_1g     100 us      125 MB/s       1 Gbit/s Ethernet (the benchmark's veth + tbf)
+ethernet_100m   100 us      12.5 MB/s      100 Mbit/s Ethernet (the benchmark's veth + tbf)
 ==============  ==========  =============  ================================================
 
 A :class:`LinkModel` is what the planner reads: the link between two ranks of one node and the
@@ -45,6 +46,7 @@ class LinkClass(str, Enum):
     WAN = "wan"
     LOOPBACK = "loopback"
     ETHERNET_1G = "ethernet_1g"
+    ETHERNET_100M = "ethernet_100m"
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ DEFAULT_LINKS: dict[LinkClass, Link] = {
     LinkClass.WAN: Link(LinkClass.WAN, 1e-3, 12.5 * _GB, "100 Gb/s metro link (assumption)"),
     LinkClass.LOOPBACK: Link(LinkClass.LOOPBACK, 30e-6, 2 * _GB, "gloo TCP loopback (rough)"),
     LinkClass.ETHERNET_1G: Link(LinkClass.ETHERNET_1G, 100e-6, 0.125 * _GB, "1 Gbit/s"),
+    LinkClass.ETHERNET_100M: Link(LinkClass.ETHERNET_100M, 100e-6, 0.0125 * _GB, "100 Mbit/s"),
 }
 
 
@@ -121,6 +124,7 @@ class Profile(str, Enum):
     PCIE_400G = "pcie-400g"
     CPU_LOOPBACK = "cpu-loopback"
     VETH_1G = "veth-1g"
+    VETH_100M = "veth-100m"
 
 
 PROFILES: dict[Profile, LinkModel] = {
@@ -139,6 +143,9 @@ PROFILES: dict[Profile, LinkModel] = {
     ),
     # The benchmark: ranks of a "node" on loopback, nodes joined by a 1 Gbit/s veth pair.
     Profile.VETH_1G: _profile("veth-1g", LinkClass.LOOPBACK, LinkClass.ETHERNET_1G, 1, 10e9, 50e9),
+    Profile.VETH_100M: _profile(
+        "veth-100m", LinkClass.LOOPBACK, LinkClass.ETHERNET_100M, 1, 10e9, 50e9
+    ),
 }
 
 

@@ -125,19 +125,20 @@ def plan_collectives(
     """Return the collective plan for ``job`` on ``links``.
 
     ``stats`` are measured collective times; each (algorithm, compression) that was measured
-    has its predictions scaled by its median measured/predicted ratio; the others keep the
-    model's prediction, so a plan measured slower than modelled is replaced by the next one
-    the model ranks best, which is measured in turn (a machine slower than its profile
-    explores each alternative at most once, then settles). With ``previous``, the plan only
-    changes when the best alternative is predicted at least ``config.min_gain`` faster than
+    has its predictions scaled by its median measured/predicted ratio, the others by the
+    smallest measured ratio: the links are at least that much slower than their profile
+    (defaults are often off by a constant factor), so a wrong profile does not make every
+    unmeasured plan look better. With ``previous``, the plan only changes when the best
+    alternative is predicted at least ``config.min_gain`` faster than
     keeping ``previous``.
     """
     config = config or PlannerConfig()
     factors = _factors(stats or [])
+    unmeasured = min(factors.values(), default=1.0)
     alternatives = []
     for choice in candidates(job, config):
         model = step_time(choice, job, links, config.powersgd_rank)
-        factor = factors.get((choice.algorithm, choice.compression), 1.0)
+        factor = factors.get((choice.algorithm, choice.compression), unmeasured)
         alternatives.append(Alternative(choice, model * factor, factor))
     best = min(alternatives, key=lambda a: a.predicted_s)
     alts = tuple(alternatives)
