@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from infermesh.core.config import compose_config, one_line, to_dataclass
 from infermesh.core.errors import CheckpointError, UsageError
 from infermesh.models.tiny_gpt import CharTokenizer, TinyGPT, TinyGPTConfig
-from infermesh.train import heartbeat
+from infermesh.train import heartbeat, prepare
 from infermesh.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from infermesh.train.data import DataConfig, TokenBatchSampler, build_tokenizer, load_corpus
 
@@ -91,6 +91,10 @@ class TrainerConfig:
 
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``."""
+
+    mesh_hook: bool = True
+    """All-reduce gradients with InferMesh's MeshHook (planned collectives, timings, straggler
+    detection); false keeps DDP's default all-reduce. Used whenever the job runs under DDP."""
 
     def __post_init__(self) -> None:
         positive = ("max_steps", "log_every", "ckpt_every", "keep_last")
@@ -249,6 +253,8 @@ class _Trainer:
         if self.distributed:
             ids = [device.index] if device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
+            if tr.mesh_hook:
+                prepare(self.net)
         self.sampler = TokenBatchSampler(
             tokens,
             batch_size=data.batch_size,

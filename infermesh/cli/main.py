@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 import infermesh
-from infermesh.cli import runs
+from infermesh.cli import runs, topo
 from infermesh.cli.sim import sim_app
 
 app = typer.Typer(
@@ -16,6 +16,7 @@ app = typer.Typer(
 )
 app.add_typer(runs.app, name="runs")
 app.add_typer(sim_app, name="sim")
+app.add_typer(topo.app)
 
 
 @app.command()

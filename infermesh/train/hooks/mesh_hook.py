@@ -1,0 +1,632 @@
+"""``MeshHook``: a DDP communication hook that carries out a collective plan.
+
+One hook object (the ``state`` DDP passes back on every bucket) holds the current plan and
+everything needed to run it:
+
+- **flat** all-reduce over the whole group (``ring``; ``tree`` and ``halving_doubling`` too,
+  see *emulation* below);
+- **hierarchical** all-reduce over intra-node and inter-node subgroups created once, at
+  start: intra-node reduce-scatter, inter-node all-reduce of the shard, intra-node
+  all-gather; and the **leader** variant (reduce to a leader per node, all-reduce among
+  leaders, broadcast);
+- a **fusion window**: buckets are held (their futures left pending) until the held bytes
+  reach the window or the step's last bucket arrives, then one collective runs on their
+  concatenation;
+- **compression**: fp16/bf16 (cast, divide by the world size, all-reduce, cast back -- the
+  order of torch's ``fp16_compress_hook``, but composable with fusion and two-level
+  algorithms) and PowerSGD, which is torch's own ``powerSGD_hook`` (per bucket, flat).
+
+**Agreement.** At step 0 and every ``replan_every`` steps the ranks run one small
+``all_gather``: rank 0's row carries the plan (version, algorithm, compression, window), every
+row carries that rank's busy and collective time. All ranks adopt rank 0's plan at that same
+step, before the step's first collective, so a step never mixes plans. Rank 0's plan comes
+from a :class:`~infermesh.train.planning.Replanner` fed with the measured collective times,
+or from ``plan_provider`` (the coordinator's plan, or a test's schedule).
+
+**Telemetry.** Every collective is timed (bytes, seconds, algorithm, compression, group) into
+:attr:`MeshHook.records` and Prometheus (``infermesh_collective_seconds``,
+``infermesh_collective_bytes_total``); the hook calls the progress heartbeat once per step and
+detects stragglers (:mod:`.stragglers`).
+
+**Emulation.** gloo has one all-reduce algorithm (a ring) and no async
+``reduce_scatter_tensor``; NCCL reads ``NCCL_ALGO`` once per process. :func:`emulation_notes`
+says, per backend, which parts of a plan are applied and which are only recorded; records of
+an emulated collective have ``emulated=True``.
+
+Invariants DDP needs: the hook divides by the world size itself, every rank runs the same
+collectives in the same order (the plan and the buckets are the same on every rank), and each
+bucket's future resolves to a tensor of the bucket's size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import PowerSGDState, powerSGD_hook
+from torch.nn.parallel import DistributedDataParallel
+
+from infermesh.core.errors import UsageError
+from infermesh.obs import metrics
+from infermesh.train.heartbeat import heartbeat
+from infermesh.train.hooks.stragglers import StragglerDetector, StragglerEvent
+from infermesh.train.planning import (
+    Algorithm,
+    CollectivePlan,
+    Compression,
+    JobShape,
+    PlanChoice,
+    PlannerConfig,
+    Replanner,
+    format_bytes,
+    link_profile,
+    parse_choice,
+    parse_plan_choice,
+    step_time,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CollectiveRecord",
+    "MeshHook",
+    "MeshHookConfig",
+    "emulation_notes",
+    "mesh_comm_hook",
+    "prepare",
+]
+
+PLAN_ENV = "INFERMESH_COLLECTIVE_PLAN"
+PROFILE_ENV = "INFERMESH_LINK_PROFILE"
+PlanProvider = Callable[[int], PlanChoice | None]
+"""Called on rank 0 at each agreement step with the step number; None keeps the plan."""
+
+_SECONDS = metrics.histogram(
+    "infermesh_collective_seconds",
+    "Duration of each gradient collective, by algorithm (strategy label).",
+    ("job", "rank", "strategy"),
+    buckets=(1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1, 5),
+)
+_BYTES = metrics.counter(
+    "infermesh_collective_bytes",
+    "Bytes sent into gradient collectives (after compression), by algorithm.",
+    ("job", "rank", "strategy"),
+)
+_PLAN_VERSION = metrics.gauge(
+    "infermesh_collective_plan_version", "Version of the collective plan in use.", ("job", "rank")
+)
+_STRAGGLER = metrics.gauge(
+    "infermesh_straggler",
+    "1 while the rank is reported as a straggler (busy time above the others'), else 0.",
+    ("job", "rank"),
+)
+
+_ALGORITHMS = list(Algorithm)
+_COMPRESSIONS = list(Compression)
+_ROW = 6  # agreement row: version, algorithm, compression, fusion bytes, busy s, collective s
+_FLAT_ON_GLOO = (Algorithm.RING, Algorithm.HIERARCHICAL, Algorithm.HIERARCHICAL_LEADER)
+
+
+@dataclass
+class MeshHookConfig:
+    """Settings of the hook and of the planner it runs on rank 0."""
+
+    replan_every: int = 50
+    """Agree on a plan (and check for stragglers) every this many steps (K)."""
+
+    gpus_per_node: int | None = None
+    """Ranks per node for the two-level layout; default ``LOCAL_WORLD_SIZE`` (torchrun's)."""
+
+    link_profile: str | None = None
+    """Hardware profile of the cost model (``infermesh topo plan --help`` lists them);
+    default ``$INFERMESH_LINK_PROFILE``, else ``cpu-loopback`` on gloo and
+    ``h100-nvlink-400g`` on NCCL. Measured collective times correct it as training runs."""
+
+    fixed_plan: str | None = None
+    """Run this plan instead of planning: ``algorithm/compression[/window]``, e.g.
+    ``hierarchical/none/4MB`` (benchmarks, debugging); default ``$INFERMESH_COLLECTIVE_PLAN``."""
+
+    compressions: tuple[str, ...] = ("none",)
+    """Compressions the planner may choose: none, fp16, bf16, powersgd."""
+
+    algorithms: tuple[str, ...] | None = None
+    """Algorithms the planner may choose; default all that the backend applies."""
+
+    min_gain: float = 0.1
+    """A new plan must be predicted at least this fraction faster to replace the current one."""
+
+    powersgd_rank: int = 4
+    """PowerSGD's matrix approximation rank."""
+
+    powersgd_start_step: int = 2
+    """PowerSGD runs plain all-reduce for this many steps of its own first (torch's warm-up)."""
+
+    straggler_factor: float = 1.5
+    """A rank busier than this times the others' median ..."""
+
+    straggler_windows: int = 3
+    """... for this many agreement windows in a row is reported as a straggler."""
+
+    job: str = ""
+    """Job label of the metrics; default ``TORCHELASTIC_RUN_ID`` or ``local``."""
+
+    history: int = 10_000
+    """Collective records kept in memory."""
+
+    def planner_config(self, backend: str) -> PlannerConfig:
+        """The :class:`PlannerConfig` these settings describe (names checked here)."""
+        if self.algorithms is None:
+            algorithms = _FLAT_ON_GLOO if backend == "gloo" else tuple(Algorithm)
+        else:
+            algorithms = tuple(parse_choice(Algorithm, a, "algorithm") for a in self.algorithms)
+        compressions = tuple(parse_choice(Compression, c, "compression") for c in self.compressions)
+        return PlannerConfig(
+            algorithms=algorithms,
+            compressions=compressions,
+            min_gain=self.min_gain,
+            replan_every=self.replan_every,
+            powersgd_rank=self.powersgd_rank,
+        )
+
+
+@dataclass(frozen=True)
+class CollectiveRecord:
+    """One timed collective."""
+
+    step: int
+    algorithm: str
+    compression: str
+    group: str
+    """``world``, ``intra`` (this node's ranks), ``inter`` (one rank per node) or ``leaders``."""
+    bytes: int
+    seconds: float
+    emulated: bool = False
+    """True when the backend could not apply the algorithm as named (see emulation_notes)."""
+
+
+def emulation_notes(backend: str) -> list[str]:
+    """Which parts of a plan the backend applies, and which are only recorded."""
+    if backend == "gloo":
+        return [
+            "ring: gloo's all_reduce (a ring) -- applied",
+            "tree, halving_doubling: gloo has no such all_reduce; run as gloo's ring and "
+            "recorded as emulated",
+            "hierarchical: intra-node reduce-scatter emulated by an intra-node all_reduce "
+            "(gloo has no async reduce_scatter_tensor); inter-node all-reduce and all-gather "
+            "applied",
+            "hierarchical_leader, fusion, fp16/bf16, powersgd: applied",
+        ]
+    if backend == "nccl":
+        return [
+            "ring, tree, halving_doubling: run as NCCL's all_reduce with the process's "
+            "NCCL_ALGO; per-plan communicators are not built yet, so the choice is recorded, "
+            "not applied",
+            "hierarchical (reduce_scatter_tensor), hierarchical_leader, fusion, fp16/bf16, "
+            "powersgd: applied",
+        ]
+    return [f"{backend}: every algorithm runs as the backend's all_reduce (recorded only)"]
+
+
+def _emulated(backend: str, algorithm: Algorithm) -> bool:
+    if algorithm in (Algorithm.TREE, Algorithm.HALVING_DOUBLING):
+        return True
+    if backend == "gloo":
+        return algorithm is Algorithm.HIERARCHICAL
+    return backend != "nccl" or algorithm is Algorithm.RING
+
+
+class MeshHook:
+    """The state of the mesh comm hook on one rank: plan, subgroups, timings, stragglers."""
+
+    def __init__(
+        self,
+        job: JobShape,
+        config: MeshHookConfig | None = None,
+        *,
+        plan_provider: PlanProvider | None = None,
+        process_group: dist.ProcessGroup | None = None,
+    ) -> None:
+        self.config = config = config or MeshHookConfig()
+        self.pg = process_group
+        self.rank = dist.get_rank(process_group)
+        self.world = dist.get_world_size(process_group)
+        self.backend = str(dist.get_backend(process_group))
+        g = job.gpus_per_node
+        if self.world % g or job.world != self.world:
+            raise UsageError(
+                f"gpus_per_node={g} does not divide the world of {self.world} ranks into nodes; "
+                "set gpus_per_node to the ranks per node"
+            )
+        self.job = job
+        self.node, self.local_index = divmod(self.rank, g)
+        profile = (
+            config.link_profile
+            or os.environ.get(PROFILE_ENV)
+            or ("cpu-loopback" if self.backend == "gloo" else "h100-nvlink-400g")
+        )
+        self.links = link_profile(profile)
+        self.planner_config = config.planner_config(self.backend)
+        self.plan_provider = plan_provider
+        self.replanner = Replanner(job, self.links, self.planner_config) if self.rank == 0 else None
+        self.detector = StragglerDetector(
+            self.world, config.straggler_factor, config.straggler_windows
+        )
+        self.stragglers: list[StragglerEvent] = []
+        self.windows: deque[tuple[int, list[float], list[float]]] = deque(maxlen=1000)
+        """Per agreement: ``(step, busy s/step per rank, collective s/step per rank)``."""
+        self.records: deque[CollectiveRecord] = deque(maxlen=config.history)
+        self.plans: list[tuple[int, int, PlanChoice]] = []
+        """``(step, version, choice)`` of every plan this rank adopted."""
+
+        self.step = 0
+        self.version = 0
+        self.choice: PlanChoice | None = None
+        self._labels = {
+            "job": config.job or os.environ.get("TORCHELASTIC_RUN_ID", "local"),
+            "rank": str(self.rank),
+        }
+        self._intra: dist.ProcessGroup | None = None
+        self._inter: dist.ProcessGroup | None = None
+        if job.nodes > 1 and g > 1:
+            if self.world != dist.get_world_size():
+                raise UsageError(
+                    f"the model's process group has {self.world} of {dist.get_world_size()} "
+                    "ranks; the two-level layout needs the default group, or set "
+                    f"gpus_per_node={self.world} for one flat group"
+                )
+            self._build_subgroups(job.nodes, g)
+        self._psgd: PowerSGDState | None = None
+        self._pending: list[torch.Tensor] = []
+        self._waiting: list[torch.futures.Future[torch.Tensor]] = []
+        self._pending_bytes = 0
+        self._new_step = True
+        self._step_start: float | None = None
+        self._step_comm = 0.0
+        self._window = [0.0, 0.0, 0]  # busy seconds, collective seconds, steps
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def _build_subgroups(self, nodes: int, g: int) -> None:
+        """Create every intra-node and inter-node group once (all ranks, same order)."""
+        for node in range(nodes):
+            group = dist.new_group(list(range(node * g, (node + 1) * g)))
+            if node == self.node:
+                self._intra = group
+        for local in range(g):
+            group = dist.new_group([node * g + local for node in range(nodes)])
+            if local == self.local_index:
+                self._inter = group
+
+    # -- the hook ---------------------------------------------------------------------------
+
+    def on_bucket(self, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+        """Handle one DDP bucket; return the future of its averaged gradients."""
+        buffer = bucket.buffer()
+        if self._new_step:
+            self._new_step = False
+            self._begin_step(buffer.device)
+        choice = self.choice
+        assert choice is not None  # set by the agreement at step 0
+        last = bucket.is_last()
+        if choice.compression is Compression.POWERSGD:
+            fut = self._powersgd(bucket)
+        else:
+            self._pending.append(buffer)
+            self._pending_bytes += buffer.numel() * buffer.element_size()
+            if last or self._pending_bytes >= choice.fusion_bytes:
+                fut = self._flush(choice)
+            else:
+                fut = torch.futures.Future(devices=_devices(buffer))
+                self._waiting.append(fut)
+        if last:
+            self.step += 1
+            self._new_step = True
+            heartbeat(self.step)
+        return fut
+
+    def _begin_step(self, device: torch.device) -> None:
+        now = time.perf_counter()
+        if self._step_start is not None:
+            step_s, comm_s = now - self._step_start, self._step_comm
+            self._window[0] += max(step_s - comm_s, 0.0)
+            self._window[1] += comm_s
+            self._window[2] += 1
+            if self.replanner is not None and self.choice is not None:
+                self.replanner.observe(self.choice, comm_s)
+        self._step_start, self._step_comm = now, 0.0
+        if self.step % self.config.replan_every == 0:
+            self._agree(device)
+
+    def _propose(self) -> tuple[int, PlanChoice]:
+        """Rank 0: the plan every rank adopts now."""
+        if self.plan_provider is not None:
+            wanted = self.plan_provider(self.step)
+            if self.choice is None and wanted is None:
+                assert self.replanner is not None
+                wanted = self.replanner.plan.choice
+            if wanted is None or wanted == self.choice:
+                assert self.choice is not None
+                return self.version, self.choice
+            return self.version + 1, wanted
+        assert self.replanner is not None
+        plan = self.replanner.maybe_replan(self.step)
+        return plan.version, plan.choice
+
+    def _agree(self, device: torch.device) -> None:
+        """One all_gather: rank 0's plan to everyone, every rank's timings to everyone."""
+        row = torch.zeros(_ROW, dtype=torch.float64, device=device)
+        if self.rank == 0:
+            version, choice = self._propose()
+            row[0], row[1] = version, _ALGORITHMS.index(choice.algorithm)
+            row[2], row[3] = _COMPRESSIONS.index(choice.compression), choice.fusion_bytes
+        busy, comm, steps = self._window
+        if steps:
+            row[4], row[5] = busy / steps, comm / steps
+        out = torch.empty(self.world * _ROW, dtype=torch.float64, device=device)
+        dist.all_gather_single(out, row, group=self.pg)
+        rows = out.view(self.world, _ROW).tolist()
+        version = int(rows[0][0])
+        if version != self.version:
+            choice = PlanChoice(
+                _ALGORITHMS[int(rows[0][1])], _COMPRESSIONS[int(rows[0][2])], int(rows[0][3])
+            )
+            if choice.algorithm.two_level and self._intra is None:
+                raise UsageError(
+                    f"plan {choice.label()} needs several nodes with several ranks each; "
+                    f"this job has {self.job.nodes} x {self.job.gpus_per_node}"
+                )
+            if self.rank == 0:
+                logger.info(
+                    "step %d: collective plan v%d %s, predicted %.2f ms/step%s",
+                    self.step,
+                    version,
+                    choice.label(),
+                    self.predict(choice) * 1e3,
+                    " (emulated on " + self.backend + ")"
+                    if _emulated(self.backend, choice.algorithm)
+                    else "",
+                )
+            self.version, self.choice = version, choice
+            self.plans.append((self.step, version, choice))
+            _PLAN_VERSION.labels(**self._labels).set(version)
+        if steps and self.step > 0:
+            if self.rank == 0 and self.choice is not None:
+                logger.info(
+                    "steps %d-%d: %s collectives %.2f ms/step measured, %.2f predicted",
+                    self.step - steps,
+                    self.step - 1,
+                    self.choice.label(),
+                    comm / steps * 1e3,
+                    self.predict(self.choice) * 1e3,
+                )
+            self.windows.append((self.step, [r[4] for r in rows], [r[5] for r in rows]))
+            for event in self.detector.update(self.step, [r[4] for r in rows]):
+                self.stragglers.append(event)
+                if self.rank == 0:
+                    logger.warning("%s", event.describe())
+            for rank in range(self.world):
+                flagged = 1.0 if rank in self.detector.reported else 0.0
+                _STRAGGLER.labels(job=self._labels["job"], rank=str(rank)).set(flagged)
+        self._window = [0.0, 0.0, 0]
+
+    # -- collectives ------------------------------------------------------------------------
+
+    def _record(self, group: str, nbytes: int, seconds: float, emulated: bool = False) -> None:
+        choice = self.choice
+        assert choice is not None
+        self._step_comm += seconds
+        self.records.append(
+            CollectiveRecord(
+                self.step,
+                choice.algorithm.value,
+                choice.compression.value,
+                group,
+                nbytes,
+                seconds,
+                emulated,
+            )
+        )
+        _SECONDS.labels(**self._labels, strategy=choice.algorithm.value).observe(seconds)
+        _BYTES.labels(**self._labels, strategy=choice.algorithm.value).inc(nbytes)
+
+    def _timed(
+        self,
+        work: dist.Work,
+        group: str,
+        tensor: torch.Tensor,
+        result: torch.Tensor,
+        emulated: bool = False,
+    ) -> torch.futures.Future[torch.Tensor]:
+        """The future of ``work``, resolving to ``result`` after recording its duration."""
+        t0 = time.perf_counter()
+        nbytes = tensor.numel() * tensor.element_size()
+
+        def done(_: torch.futures.Future[Any]) -> torch.Tensor:
+            self._record(group, nbytes, time.perf_counter() - t0, emulated)
+            return result
+
+        return work.get_future().then(done)
+
+    def _blocking(
+        self, work: dist.Work, group: str, tensor: torch.Tensor, emulated: bool = False
+    ) -> None:
+        t0 = time.perf_counter()
+        work.wait()
+        self._record(
+            group, tensor.numel() * tensor.element_size(), time.perf_counter() - t0, emulated
+        )
+
+    def _flush(self, choice: PlanChoice) -> torch.futures.Future[torch.Tensor]:
+        """Run one collective over the held buckets; resolve their futures from its result."""
+        buffers, waiting = self._pending, self._waiting
+        self._pending, self._waiting, self._pending_bytes = [], [], 0
+        flat = buffers[0] if len(buffers) == 1 else torch.cat(buffers)
+        fut = self._allreduce(flat, choice)
+        if not waiting:
+            return fut
+        sizes = [b.numel() for b in buffers]
+
+        def split(f: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
+            try:
+                parts = f.value().split(sizes)
+            except Exception as exc:
+                for w in waiting:
+                    w.set_exception(exc)  # type: ignore[arg-type]
+                raise
+            # DDP rebuilds the bucket's views with as_strided, so each result must start at
+            # offset 0 of its storage: copy back into the bucket's own buffer.
+            for w, buffer, part in zip(waiting, buffers, parts, strict=False):
+                w.set_result(buffer.copy_(part))
+            return buffers[-1].copy_(parts[-1])
+
+        return fut.then(split)
+
+    def _allreduce(
+        self, flat: torch.Tensor, choice: PlanChoice
+    ) -> torch.futures.Future[torch.Tensor]:
+        """Average ``flat`` over all ranks with ``choice``; the future resolves to ``flat``."""
+        if choice.compression is Compression.FP16:
+            send = flat.to(torch.float16).div_(self.world)
+        elif choice.compression is Compression.BF16:
+            send = flat.to(torch.bfloat16).div_(self.world)
+        else:
+            send = flat.div_(self.world)
+        if choice.algorithm is Algorithm.HIERARCHICAL:
+            fut = self._hierarchical(send)
+        elif choice.algorithm is Algorithm.HIERARCHICAL_LEADER:
+            fut = self._leader(send)
+        else:
+            work = dist.all_reduce(send, group=self.pg, async_op=True)
+            fut = self._timed(work, "world", send, send, _emulated(self.backend, choice.algorithm))
+        if send is flat:
+            return fut
+        return fut.then(lambda f: flat.copy_(f.value()))
+
+    def _hierarchical(self, send: torch.Tensor) -> torch.futures.Future[torch.Tensor]:
+        g, n = self.job.gpus_per_node, send.numel()
+        pad = (-n) % g
+        padded = send if pad == 0 else torch.cat([send, send.new_zeros(pad)])
+        shard_len = padded.numel() // g
+        if self.backend == "nccl":
+            shard = padded.new_empty(shard_len)
+            work = dist.reduce_scatter_tensor(shard, padded, group=self._intra, async_op=True)
+            self._blocking(work, "intra", padded)
+        else:  # gloo: no async reduce_scatter_tensor; all-reduce the node, keep our shard
+            work = dist.all_reduce(padded, group=self._intra, async_op=True)
+            self._blocking(work, "intra", padded, emulated=True)
+            shard = padded.view(g, shard_len)[self.local_index]
+        self._blocking(dist.all_reduce(shard, group=self._inter, async_op=True), "inter", shard)
+        gathered = torch.empty_like(padded)
+        work = dist.all_gather_single(gathered, shard, group=self._intra, async_op=True)
+        out = gathered[:n] if pad else gathered
+        fut = self._timed(work, "intra", shard, out)
+        return fut.then(lambda f: send.copy_(f.value()))
+
+    def _leader(self, send: torch.Tensor) -> torch.futures.Future[torch.Tensor]:
+        leader = self.node * self.job.gpus_per_node
+        work = dist.reduce(send, dst=leader, group=self._intra, async_op=True)
+        self._blocking(work, "intra", send)
+        if self.local_index == 0:
+            self._blocking(dist.all_reduce(send, group=self._inter, async_op=True), "leaders", send)
+        work = dist.broadcast(send, src=leader, group=self._intra, async_op=True)
+        return self._timed(work, "intra", send, send)
+
+    def _powersgd(self, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+        """torch's PowerSGD hook on this bucket, timed from call to completion."""
+        if self._psgd is None:
+            self._psgd = PowerSGDState(
+                process_group=self.pg,
+                matrix_approximation_rank=self.planner_config.powersgd_rank,
+                start_powerSGD_iter=self.config.powersgd_start_step,
+            )
+        t0 = time.perf_counter()
+        nbytes = bucket.buffer().numel() * bucket.buffer().element_size()
+
+        def done(f: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
+            self._record("world", nbytes, time.perf_counter() - t0)
+            return f.value()
+
+        fut = powerSGD_hook(self._psgd, bucket).then(done)
+        # PowerSGD's callbacks issue its second all-reduce from the backend's threads; with two
+        # buckets in flight the ranks could issue them in different orders. One at a time.
+        fut.wait()
+        return fut
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def predict(self, choice: PlanChoice) -> float:
+        """The cost model's collective seconds per step for ``choice`` on this job."""
+        return step_time(choice, self.job, self.links, self.planner_config.powersgd_rank)
+
+    def current_plan(self) -> CollectivePlan | None:
+        """Rank 0: the planner's full plan (with alternatives); None on other ranks."""
+        return self.replanner.plan if self.replanner is not None else None
+
+
+def _devices(tensor: torch.Tensor) -> list[int | str | torch.device] | None:
+    return [tensor.device] if tensor.device.type == "cuda" else None
+
+
+def mesh_comm_hook(state: MeshHook, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """The function DDP calls per bucket (``register_comm_hook(state, mesh_comm_hook)``)."""
+    return state.on_bucket(bucket)
+
+
+# DDP checks the annotations as objects; this module's are strings (PEP 563).
+mesh_comm_hook.__annotations__.update(
+    {"bucket": dist.GradBucket, "return": torch.futures.Future[torch.Tensor]}
+)
+
+
+def prepare(
+    model: DistributedDataParallel,
+    config: MeshHookConfig | None = None,
+    *,
+    plan_provider: PlanProvider | None = None,
+) -> MeshHook:
+    """Make a DDP model mesh-aware: build a :class:`MeshHook` for it and register it.
+
+    Works under ``infermesh-run``, plain ``torchrun`` and any launcher that sets torchrun's
+    environment. Call it once, before the first backward.
+    """
+    if not isinstance(model, DistributedDataParallel):
+        raise UsageError(
+            f"prepare() needs a DistributedDataParallel model, got {type(model).__name__}; "
+            "wrap it first: DistributedDataParallel(model)"
+        )
+    config = config or MeshHookConfig()
+    pg = model.process_group
+    world = dist.get_world_size(pg)
+    g = config.gpus_per_node or int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    grad_bytes = sum(
+        p.numel() * p.element_size() for p in model.module.parameters() if p.requires_grad
+    )
+    job = JobShape(
+        nodes=max(1, world // g),
+        gpus_per_node=g,
+        grad_bytes=max(1, grad_bytes),
+        bucket_bytes=max(1, int(model.bucket_bytes_cap)),
+    )
+    fixed = config.fixed_plan or os.environ.get(PLAN_ENV)
+    if fixed and plan_provider is None:
+        choice = parse_plan_choice(fixed, job.grad_bytes)
+        plan_provider = lambda step: choice  # noqa: E731
+    hook = MeshHook(job, config, plan_provider=plan_provider, process_group=pg)
+    model.register_comm_hook(hook, mesh_comm_hook)
+    if hook.rank == 0:
+        logger.info(
+            "mesh hook: %d node(s) x %d rank(s), %s of gradients, backend %s; %s",
+            job.nodes,
+            g,
+            format_bytes(grad_bytes),
+            hook.backend,
+            "; ".join(emulation_notes(hook.backend)),
+        )
+    return hook

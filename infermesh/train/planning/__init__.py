@@ -1,0 +1,66 @@
+"""Collective topology planning (pure: imports only ``infermesh.core`` and the stdlib).
+
+- :mod:`.api` -- value types: :class:`JobShape`, :class:`PlanChoice`, :class:`CollectivePlan`.
+- :mod:`.links` -- link classes, their documented defaults, named hardware profiles.
+- :mod:`.cost_model` -- alpha-beta model of all-reduce algorithms, compression and fusion.
+- :mod:`.planner` -- :func:`plan_collectives` (with hysteresis) and :class:`Replanner`.
+"""
+
+from infermesh.train.planning.api import (
+    Algorithm,
+    Alternative,
+    CollectivePlan,
+    Compression,
+    JobShape,
+    Measurement,
+    PlanChoice,
+    format_bytes,
+    parse_bytes,
+    parse_choice,
+    parse_plan_choice,
+)
+from infermesh.train.planning.cost_model import allreduce_time, step_time
+from infermesh.train.planning.links import (
+    DEFAULT_LINKS,
+    PROFILES,
+    Link,
+    LinkClass,
+    LinkModel,
+    Profile,
+    link_profile,
+)
+from infermesh.train.planning.planner import (
+    PlannerConfig,
+    Replanner,
+    candidates,
+    describe,
+    plan_collectives,
+)
+
+__all__ = [
+    "DEFAULT_LINKS",
+    "PROFILES",
+    "Algorithm",
+    "Alternative",
+    "CollectivePlan",
+    "Compression",
+    "JobShape",
+    "Link",
+    "LinkClass",
+    "LinkModel",
+    "Measurement",
+    "PlanChoice",
+    "PlannerConfig",
+    "Profile",
+    "Replanner",
+    "allreduce_time",
+    "candidates",
+    "describe",
+    "format_bytes",
+    "link_profile",
+    "parse_bytes",
+    "parse_choice",
+    "parse_plan_choice",
+    "plan_collectives",
+    "step_time",
+]

@@ -1,0 +1,169 @@
+"""Worker of the multi-process gloo checks: every plan against DDP's default all-reduce.
+
+Each of the ``world`` processes runs every scenario: two copies of one small MLP with the
+same initial weights, one under DDP's default hook and one under :class:`MeshHook` with a
+fixed plan (or a schedule of plans), fed the same rank-specific batches. After every backward
+it compares the two models' gradients; each rank writes what it saw to ``<out>/rank<r>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from infermesh.train.hooks import MeshHookConfig, prepare
+from infermesh.train.hooks.mesh_hook import PLAN_ENV
+from infermesh.train.planning import Algorithm, Compression, PlanChoice
+
+A, C = Algorithm, Compression
+KB = 1024
+BUCKET_MB = 0.25
+STEPS = 6
+
+
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(16, 512),
+        torch.nn.Tanh(),
+        torch.nn.Linear(512, 512),
+        torch.nn.Tanh(),
+        torch.nn.Linear(512, 4),
+    )
+
+
+def _fixed(choice: PlanChoice) -> Any:
+    return lambda step: choice
+
+
+def _cycle(choices: list[PlanChoice], every: int) -> Any:
+    return lambda step: choices[(step // every) % len(choices)]
+
+
+SCENARIOS: dict[str, tuple[Any, dict[str, Any], int]] = {
+    # name: (plan provider, MeshHookConfig overrides, steps)
+    "ring": (_fixed(PlanChoice(A.RING, C.NONE, 1)), {}, STEPS),
+    "ring_fused_all": (_fixed(PlanChoice(A.RING, C.NONE, 64 * 2**20)), {}, STEPS),
+    "tree_emulated": (_fixed(PlanChoice(A.TREE, C.NONE, 1)), {}, STEPS),
+    "hierarchical": (_fixed(PlanChoice(A.HIERARCHICAL, C.NONE, 1)), {}, STEPS),
+    "hierarchical_fused": (_fixed(PlanChoice(A.HIERARCHICAL, C.NONE, 64 * 2**20)), {}, STEPS),
+    "hierarchical_leader": (_fixed(PlanChoice(A.HIERARCHICAL_LEADER, C.NONE, 1)), {}, STEPS),
+    "ring_fp16": (_fixed(PlanChoice(A.RING, C.FP16, 1)), {}, STEPS),
+    "hierarchical_bf16": (_fixed(PlanChoice(A.HIERARCHICAL, C.BF16, 700 * KB)), {}, STEPS),
+    "powersgd": (_fixed(PlanChoice(A.RING, C.POWERSGD, 1)), {"powersgd_rank": 8}, STEPS),
+    "switching": (
+        _cycle(
+            [
+                PlanChoice(A.RING, C.NONE, 1),
+                PlanChoice(A.HIERARCHICAL, C.NONE, 64 * 2**20),
+                PlanChoice(A.HIERARCHICAL_LEADER, C.NONE, 700 * KB),
+                PlanChoice(A.RING, C.FP16, 700 * KB),
+            ],
+            2,
+        ),
+        {"replan_every": 2},
+        10,
+    ),
+    "planner": (None, {"replan_every": 3}, STEPS),
+    "env_plan": (None, {}, 2),
+    "straggler": (
+        _fixed(PlanChoice(A.RING, C.NONE, 1)),
+        {"replan_every": 2, "straggler_windows": 2, "straggler_factor": 1.5},
+        10,
+    ),
+}
+SLOW_RANK, SLOW_S = 2, 0.08
+
+
+def _busy(seconds: float) -> None:
+    """Compute (not sleep) for ``seconds``: a slow rank, as a slower GPU would be."""
+    end = time.perf_counter() + seconds
+    a = torch.ones(64, 64)
+    while time.perf_counter() < end:
+        a = torch.tanh(a @ a)
+
+
+def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
+    provider, overrides, steps = SCENARIOS[name]
+    ref = DistributedDataParallel(_mlp(), bucket_cap_mb=BUCKET_MB)
+    mesh = DistributedDataParallel(_mlp(), bucket_cap_mb=BUCKET_MB)
+    if name == "env_plan":
+        os.environ[PLAN_ENV] = "hierarchical_leader/bf16/1MB"
+    try:
+        hook = prepare(mesh, MeshHookConfig(gpus_per_node=2, **overrides), plan_provider=provider)
+    finally:
+        os.environ.pop(PLAN_ENV, None)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (ref, mesh)]
+    gen = torch.Generator().manual_seed(100 + rank)
+    errors, losses = [], []
+    for _ in range(steps):
+        x = torch.randn(2, 16, generator=gen)
+        y = torch.randn(2, 4, generator=gen)
+        step_losses = []
+        for model, opt in zip((ref, mesh), opts, strict=True):
+            if model is mesh and name == "straggler" and rank == SLOW_RANK:
+                _busy(SLOW_S)  # the others wait for it in the hook's collectives
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            step_losses.append(float(loss.detach()))
+        worst = 0.0
+        for p_ref, p_mesh in zip(ref.parameters(), mesh.parameters(), strict=True):
+            assert p_ref.grad is not None and p_mesh.grad is not None
+            scale = float(p_ref.grad.abs().max()) or 1.0
+            worst = max(worst, float((p_ref.grad - p_mesh.grad).abs().max()) / scale)
+        errors.append(worst)
+        losses.append(step_losses)
+        for opt in opts:
+            opt.step()
+    return {
+        "errors": errors,
+        "losses": losses,
+        "plans": [[s, v, c.label()] for s, v, c in hook.plans],
+        "records": len(hook.records),
+        "groups": sorted({r.group for r in hook.records}),
+        "emulated": sorted({r.algorithm for r in hook.records if r.emulated}),
+        "algorithms": sorted({r.algorithm for r in hook.records}),
+        "steps": hook.step,
+        "stragglers": [[e.rank, e.step] for e in hook.stragglers],
+        "windows": list(hook.windows),
+    }
+
+
+def worker(rank: int, world: int, store_path: str, out: str, names: list[str]) -> None:
+    """Join the gloo group through a file store, run ``names``, write ``rank<r>.json``."""
+    torch.set_num_threads(1)
+    os.environ["LOCAL_WORLD_SIZE"] = "2"
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
+    try:
+        result = {name: _scenario(name, rank, world) for name in names}
+    finally:
+        dist.destroy_process_group()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def run(out: Path, world: int = 4, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Spawn ``world`` gloo ranks running ``names`` (default: every scenario); return per rank."""
+    import torch.multiprocessing as mp
+
+    names = names or list(SCENARIOS)
+    mp.spawn(worker, args=(world, str(out / "store"), str(out), names), nprocs=world, join=True)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run(Path(tmp), names=sys.argv[1:] or None)
+        for name, res in results[0].items():
+            print(name, max(res["errors"]), res["plans"], res["groups"], res["emulated"])
+            print("  windows:", res["windows"], "stragglers:", res["stragglers"])
