@@ -36,7 +36,7 @@ lint: setup  ## ruff lint and format check
 typecheck: setup  ## mypy over the package
 	@$(BIN)/mypy
 
-bench: setup  ## run the benchmarks and print their tables
+bench: setup  ## the launcher benchmark against torchrun (others: benchmarks/*/README.md)
 	@$(PY) benchmarks/launch/bench_launch.py
 
 clean:  ## remove runs/, caches and the virtual environment
