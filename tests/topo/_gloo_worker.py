@@ -145,6 +145,7 @@ def worker(rank: int, world: int, store_path: str, out: str, names: list[str]) -
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
     try:
         result = {name: _scenario(name, rank, world) for name in names}
+        dist.barrier()  # nobody tears down gloo pairs another rank still uses
     finally:
         dist.destroy_process_group()
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))

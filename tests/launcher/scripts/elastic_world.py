@@ -26,4 +26,5 @@ for _ in range(3):
     dist.all_reduce(t)
 assert t.item() == world
 print(f"rank {rank} of {world} ok", flush=True)
+dist.barrier()  # nobody tears down gloo pairs another rank still uses
 dist.destroy_process_group()

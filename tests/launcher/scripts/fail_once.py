@@ -17,4 +17,5 @@ t = torch.ones(4)
 dist.all_reduce(t)
 assert t.tolist() == [2.0] * 4
 print(f"rank {rank} attempt {attempt} ok", flush=True)
+dist.barrier()  # nobody tears down gloo pairs another rank still uses
 dist.destroy_process_group()
