@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 
-__all__ = ["HEARTBEAT_ENV", "heartbeat", "read_heartbeat"]
+__all__ = ["HEARTBEAT_ENV", "heartbeat"]
 
 HEARTBEAT_ENV = "INFERMESH_HEARTBEAT_FILE"
 _MIN_INTERVAL_S = 0.2
@@ -54,16 +54,3 @@ def heartbeat(step: int | None = None) -> None:
     _beat.last = now
     record = f"{-1 if step is None else step} {time.time():.3f}\n".encode()
     os.pwrite(_beat.fd, record.ljust(32), 0)
-
-
-def read_heartbeat(path: str) -> tuple[int | None, float] | None:
-    """Return ``(step, wall_time)`` of the last beat in ``path``, or None if it never beat."""
-    try:
-        with open(path, "rb") as f:
-            fields = f.read(64).split()
-    except FileNotFoundError:
-        return None
-    if len(fields) < 2:
-        return None
-    step = int(fields[0])
-    return (None if step < 0 else step), float(fields[1])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from infermesh.core.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunSummary", "list_runs", "load_run"]
+__all__ = ["RunSummary", "list_runs", "load_run", "node_dir_name"]
 
 
 @dataclass
@@ -70,6 +71,11 @@ class RunSummary:
             failures=list(data.get("failures", [])),
             root_cause=data.get("root_cause"),
         )
+
+
+def node_dir_name(node: str) -> str:
+    """The directory name of a node inside a run directory (unsafe characters become _)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", node) or "node"
 
 
 def list_runs(run_dir: str | Path) -> list[RunSummary]:

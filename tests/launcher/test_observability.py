@@ -84,6 +84,10 @@ def test_metrics_endpoint_shows_workers_and_heartbeat_ages_while_running(tmp_pat
     assert [line.split('rank="')[1][0] for line in ages] == ["0", "1"]
     assert all(float(line.rsplit(" ", 1)[1]) < 30 for line in ages)
     assert "infermesh_launcher_rendezvous_seconds_count" in body
+    # the ages come from the workers' own beats: each wrote its step into its heartbeat file
+    beats = sorted(tmp_path.glob("runs/*/127.0.0.1/heartbeats/attempt_0/rank_*"))
+    assert [p.name for p in beats] == ["rank_0", "rank_1"]
+    assert all(int(p.read_text().split()[0]) >= 0 for p in beats)
 
 
 def test_a_launch_records_rendezvous_start_and_restart_spans(tmp_path: Path, monkeypatch):

@@ -17,7 +17,6 @@ counted as a restart).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -37,7 +36,7 @@ from infermesh.obs.tracing import get_tracer
 from infermesh.train.heartbeat import HEARTBEAT_ENV
 from infermesh.train.launcher.logs import FailureRecord, describe_exit, first_traceback
 from infermesh.train.launcher.workers import ForkedContext
-from infermesh.train.launcher.zygote import Zygote
+from infermesh.train.launcher.zygote import Zygote, write_error_file
 
 logger = logging.getLogger(__name__)
 tracer = get_tracer(__name__)
@@ -109,14 +108,12 @@ class MeshAgent(LocalElasticAgent):
         self.node = node
         self.failures: list[FailureRecord] = []
         self.attempts = 0
-        self.first_start_time: float | None = None
         self._state_dir = state_dir
         self._zygote = zygote
         self._module = module
         self._hang_timeout = hang_timeout
         self._heartbeats: dict[int, str] = {}
         self._started_at = 0.0
-        self._attempt = 0
 
     @property
     def _labels(self) -> dict[str, str]:
@@ -168,8 +165,7 @@ class MeshAgent(LocalElasticAgent):
 
     def _start_workers_now(self, worker_group: WorkerGroup) -> dict[int, Any]:
         spec = worker_group.spec
-        attempt = spec.max_restarts - self._remaining_restarts
-        self._attempt = attempt
+        attempt = self.restarts
         hb_dir = self._state_dir / "heartbeats" / f"attempt_{attempt}"
         hb_dir.mkdir(parents=True, exist_ok=True)
         use_agent_store = spec.rdzv_handler.use_agent_store
@@ -245,8 +241,6 @@ class MeshAgent(LocalElasticAgent):
                 duplicate_stderr_filters=spec.duplicate_stderr_filters,
             )
         self._started_at = time.time()
-        if self.first_start_time is None:
-            self.first_start_time = self._started_at
         self.attempts += 1
         return self._pcontext.pids()
 
@@ -297,21 +291,9 @@ class MeshAgent(LocalElasticAgent):
                 f"hung: no progress heartbeat for {age:.1f} s "
                 f"(--hang-timeout {self._hang_timeout:g})"
             )
-            if error_file and not os.path.exists(error_file):
-                with open(error_file, "w") as f:
-                    json.dump(
-                        {
-                            "message": {
-                                "message": message,
-                                "extraInfo": {
-                                    "py_callstack": stack
-                                    or "(no stack dump; run with --worker-start fork)",
-                                    "timestamp": str(int(time.time())),
-                                },
-                            }
-                        },
-                        f,
-                    )
+            write_error_file(
+                error_file, message, stack or "(no stack dump; run with --worker-start fork)"
+            )
             logger.error("rank %s (local %s) on node %s %s", w.global_rank, lr, self.node, message)
             failures[w.global_rank] = ProcessFailure(
                 local_rank=lr, pid=pids[lr], exitcode=-int(signal.SIGTERM), error_file=error_file
@@ -347,7 +329,7 @@ class MeshAgent(LocalElasticAgent):
                 reason, message = message, ""
             self.failures.append(
                 FailureRecord(
-                    attempt=self._attempt,
+                    attempt=self.restarts,
                     rank=global_rank,
                     local_rank=lr,
                     node=self.node,
@@ -360,12 +342,13 @@ class MeshAgent(LocalElasticAgent):
                     log_dir=os.path.dirname(error_file) if error_file else "",
                 )
             )
-        for rec in self._attempt_failures(self._attempt):
+        for rec in self._attempt_failures(self.restarts):
             logger.warning("worker failed: %s", rec.headline())
 
     @property
     def restarts(self) -> int:
-        """Restarts spent on failures and hangs (membership changes are free)."""
+        """Restarts spent on failures and hangs (membership changes are free); it is also the
+        attempt number of the running workers (TORCHELASTIC_RESTART_COUNT)."""
         return self._worker_group.spec.max_restarts - self._remaining_restarts
 
     def _attempt_failures(self, attempt: int) -> list[FailureRecord]:

@@ -40,14 +40,13 @@ class RunDirLogsSpecs(LogsSpecs):
 
     def __init__(
         self,
-        root: str,
-        node: str,
+        node_dir: Path,
         redirects: Std | dict[int, Std],
         tee: Std | dict[int, Std],
         local_ranks_filter: set[int] | None = None,
     ) -> None:
-        super().__init__(root, redirects, tee, local_ranks_filter)
-        self.node_dir = Path(root) / _safe(node)
+        super().__init__(str(node_dir), redirects, tee, local_ranks_filter)
+        self.node_dir = node_dir
 
     @property
     def root_log_dir(self) -> str:
@@ -82,10 +81,6 @@ class RunDirLogsSpecs(LogsSpecs):
         dest.filtered_stdout = str(adir / "filtered_stdout.log")
         dest.filtered_stderr = str(adir / "filtered_stderr.log")
         return dest
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "node"
 
 
 @dataclass

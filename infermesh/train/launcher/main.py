@@ -27,7 +27,7 @@ from infermesh.core.errors import InferMeshError, UsageError
 from infermesh.train.launcher.options import LaunchOptions, parse_options
 from infermesh.train.launcher.ports import check_master_port, check_rendezvous_port
 from infermesh.train.launcher.zygote import Zygote, ZygoteUnavailable
-from infermesh.train.runs import RunSummary
+from infermesh.train.runs import RunSummary, node_dir_name
 
 logger = logging.getLogger("infermesh.train.launcher")
 
@@ -155,7 +155,7 @@ def launch(opts: LaunchOptions) -> int:
     _check_ports(opts)
     run_dir_name = _run_id_for(opts) if opts.rdzv_id == "none" else opts.rdzv_id
     run_root = (Path(opts.log_dir or opts.run_dir) / run_dir_name).absolute()
-    node_dir = run_root / _safe_name(opts.node_name)
+    node_dir = run_root / node_dir_name(opts.node_name)
     node_dir.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = opts.signals_to_handle
 
@@ -180,10 +180,6 @@ def _serve_metrics(port: int) -> None:
         raise UsageError(
             f"--metrics-port {port}: cannot listen ({e.strerror}); pass a free port or 0"
         ) from None
-
-
-def _safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "node"
 
 
 def _make_handler(opts: LaunchOptions, run_root: Path) -> Any:
@@ -221,7 +217,7 @@ def _make_handler(opts: LaunchOptions, run_root: Path) -> Any:
         raise
 
 
-def _logs_specs(opts: LaunchOptions, run_root: Path) -> Any:
+def _logs_specs(opts: LaunchOptions, run_root: Path, node_dir: Path) -> Any:
     from torch.distributed.elastic.multiprocessing import Std
 
     from infermesh.train.launcher.logs import RunDirLogsSpecs
@@ -243,7 +239,7 @@ def _logs_specs(opts: LaunchOptions, run_root: Path) -> Any:
             tee=tee,
             local_ranks_filter=opts.local_ranks_filter,
         )
-    return RunDirLogsSpecs(str(run_root), opts.node_name, redirects, tee, opts.local_ranks_filter)
+    return RunDirLogsSpecs(node_dir, redirects, tee, opts.local_ranks_filter)
 
 
 def _entrypoint(opts: LaunchOptions, fork: bool) -> tuple[Any, list[str]]:
@@ -306,7 +302,7 @@ def _run_agent(
             spec.entrypoint, spec.args = exec_entry, tuple(exec_args)
     agent = MeshAgent(
         spec,
-        _logs_specs(opts, run_root),
+        _logs_specs(opts, run_root, node_dir),
         node=opts.node_name,
         state_dir=node_dir,
         zygote=zygote,

@@ -90,7 +90,7 @@ def check_master_port(port: int, explicit: bool) -> None:
     if port_is_free(port):
         return
     flag = "--master-port" if explicit else "--master-port (default 29500)"
-    raise PortInUse(port, flag, owner=_owner(port))
+    raise PortInUse(port, flag, owner=_describe(*_listener(port)))
 
 
 def check_rendezvous_port(host: str, port: int) -> None:
@@ -98,12 +98,18 @@ def check_rendezvous_port(host: str, port: int) -> None:
     if port == 0 or not is_local_host(host) or port_is_free(port):
         return
     pid, cmd = _listener(port)
-    if pid is None or any(m in cmd for m in _LAUNCHER_MARKERS):
+    if pid is None:
+        logger.info(
+            "rendezvous port %s is held by a process the OS does not name; "
+            "joining it as another launcher's store",
+            port,
+        )
+        return
+    if any(m in cmd for m in _LAUNCHER_MARKERS):
         logger.info("rendezvous port %s is held by another launcher; joining it", port)
         return
-    raise PortInUse(port, "--rdzv-endpoint", host, owner=_owner(port))
+    raise PortInUse(port, "--rdzv-endpoint", host, owner=_describe(pid, cmd))
 
 
-def _owner(port: int) -> str:
-    pid, cmd = _listener(port)
+def _describe(pid: int | None, cmd: str) -> str:
     return f"pid {pid}: {cmd[:80]}" if pid else ""

@@ -40,7 +40,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SpawnRequest", "Zygote", "ZygoteUnavailable", "signal_worker"]
+__all__ = ["SpawnRequest", "Zygote", "ZygoteUnavailable", "signal_worker", "write_error_file"]
 
 
 class ZygoteUnavailable(RuntimeError):
@@ -421,18 +421,20 @@ def _exit_code(value: object) -> int:
 
 
 def _record_error(path: str, e: BaseException) -> None:
-    """Write torch elastic's error-file format unless the script's @record already did."""
-    if not path or os.path.exists(path):
-        return
+    """Record an uncaught exception unless the script's @record already did."""
     import traceback
 
+    write_error_file(path, f"{type(e).__name__}: {e}", "".join(traceback.format_exception(e)))
+
+
+def write_error_file(path: str, message: str, callstack: str) -> None:
+    """Write torch elastic's error-file format to ``path`` (atomically) if it has none yet."""
+    if not path or os.path.exists(path):
+        return
     data = {
         "message": {
-            "message": f"{type(e).__name__}: {e}",
-            "extraInfo": {
-                "py_callstack": "".join(traceback.format_exception(e)),
-                "timestamp": str(int(time.time())),
-            },
+            "message": message,
+            "extraInfo": {"py_callstack": callstack, "timestamp": str(int(time.time()))},
         }
     }
     tmp = f"{path}.tmp"
