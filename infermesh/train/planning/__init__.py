@@ -4,6 +4,7 @@
 - :mod:`.links` -- link classes, their documented defaults, named hardware profiles.
 - :mod:`.cost_model` -- alpha-beta model of all-reduce algorithms, compression and fusion.
 - :mod:`.planner` -- :func:`plan_collectives` (with hysteresis) and :class:`Replanner`.
+- :mod:`.placement` -- :func:`plan_placement`: which nodes run a job, in which rank order.
 """
 
 from infermesh.train.planning.api import (
@@ -28,6 +29,11 @@ from infermesh.train.planning.links import (
     LinkModel,
     Profile,
     link_profile,
+)
+from infermesh.train.planning.placement import (
+    explain_refusal,
+    format_placement,
+    plan_placement,
 )
 from infermesh.train.planning.planner import (
     PlannerConfig,
@@ -56,11 +62,14 @@ __all__ = [
     "allreduce_time",
     "candidates",
     "describe",
+    "explain_refusal",
     "format_bytes",
+    "format_placement",
     "link_profile",
     "parse_bytes",
     "parse_choice",
     "parse_plan_choice",
     "plan_collectives",
+    "plan_placement",
     "step_time",
 ]
