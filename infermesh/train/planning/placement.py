@@ -67,9 +67,12 @@ class _Skip:
     count: int = 1
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
 def natural_key(name: str) -> tuple[tuple[object, ...], str]:
     """Sort key where digit runs compare as numbers: ``node-2`` < ``node-10``."""
-    parts = re.split(r"(\d+)", name)
+    parts = _DIGITS.split(name)
     return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
 
 
@@ -133,18 +136,22 @@ def _node_order(node: NodeInfo) -> tuple[int, tuple[tuple[object, ...], str]]:
 @dataclass(slots=True)
 class _Host:
     name: str
-    nodes: list[NodeInfo]  # in _node_order
+    nodes: list[NodeInfo]  # in no particular order: see first()
 
     @property
     def cap(self) -> int:
         return len(self.nodes)
 
+    def first(self, m: int) -> list[NodeInfo]:
+        """The ``m`` nodes to take from this host (all of them, or the best fits)."""
+        return self.nodes if m >= self.cap else sorted(self.nodes, key=_node_order)[:m]
+
 
 @dataclass(slots=True)
 class _Rack:
     name: str
-    hosts: list[_Host]  # largest first, then by name
-    prefix: list[int]  # running total of host capacities in that order
+    hosts: list[_Host]
+    prefix: list[int]  # running totals of host capacities, largest first
 
     @property
     def cap(self) -> int:
@@ -173,7 +180,7 @@ def _take_hosts(hosts: Sequence[_Host], k: int) -> list[NodeInfo]:
         smallest = order[j].cap
         while j > i and order[j - 1].cap == smallest:
             j -= 1
-        out.extend(order[j].nodes[:k])
+        out.extend(order[j].first(k))
         k = 0
     return out
 
@@ -226,13 +233,13 @@ def _pack(candidates: list[NodeInfo], k: int, kept: list[NodeInfo]) -> list[Node
     by_host: dict[tuple[str, str], list[NodeInfo]] = defaultdict(list)
     for node in candidates:
         by_host[(node.rack, node.hostname)].append(node)
-    hosts = {key: _Host(key[1], sorted(nodes, key=_node_order)) for key, nodes in by_host.items()}
+    hosts = {key: _Host(key[1], nodes) for key, nodes in by_host.items()}
     out: list[NodeInfo] = []
     # 1. More nodes on hosts already running the job: no new host, no new rack.
     host_order = dict.fromkeys((n.rack, n.hostname) for n in kept)
     for key in host_order:
         if key in hosts:
-            out.extend(hosts[key].nodes[: k - len(out)])
+            out.extend(hosts[key].first(k - len(out)))
     if len(out) == k:
         return out
     # 2. Other hosts of racks already running the job: no new rack.
@@ -248,12 +255,8 @@ def _pack(candidates: list[NodeInfo], k: int, kept: list[NodeInfo]) -> list[Node
             rack_hosts[key[0]].append(host)
     racks = []
     for name, members in rack_hosts.items():
-        ordered = _largest_first(members)
-        prefix, total = [], 0
-        for host in ordered:
-            total += host.cap
-            prefix.append(total)
-        racks.append(_Rack(name, ordered, prefix))
+        prefix = list(itertools.accumulate(sorted((h.cap for h in members), reverse=True)))
+        racks.append(_Rack(name, members, prefix))
     return out + _take_racks(racks, k - len(out))
 
 
@@ -267,12 +270,16 @@ def _rank_order(chosen: list[NodeInfo], keep: Sequence[str]) -> list[NodeInfo]:
         host = (node.rack, node.hostname)
         host_first[host] = min(host_first.get(host, _INF), p)
 
+    rack_key = {rack: natural_key(rack) for rack in rack_first}
+    host_key = {host: natural_key(host[1]) for host in host_first}
+
     def key(node: NodeInfo) -> tuple[object, ...]:
+        host = (node.rack, node.hostname)
         return (
             rack_first[node.rack],
-            natural_key(node.rack),
-            host_first[(node.rack, node.hostname)],
-            natural_key(node.hostname),
+            rack_key[node.rack],
+            host_first[host],
+            host_key[host],
             pos.get(node.node_id, _INF),
             natural_key(node.node_id),
         )
@@ -317,13 +324,13 @@ def plan_placement(
                 f"(a job runs in one cell; chose {cell!r})"
             )
             skips.append(_Skip(f"cell {other}", OTHER_CELL, text, n))
-    skips.sort(key=lambda s: (CAUSES.index(s.cause), natural_key(s.node_id)))
     counted: Counter[str] = Counter()
     for skip in skips:
         counted[skip.cause] += skip.count
     counts = {cause: counted[cause] for cause in CAUSES if counted[cause]}
 
     if len(candidates) < request.nodes_min:
+        skips.sort(key=lambda s: (CAUSES.index(s.cause), natural_key(s.node_id)))
         reasons = [s.text for s in skips]
         if len(snapshot) < request.nodes_min:
             reasons.insert(0, f"the cell has {len(snapshot)} node{'s' * (len(snapshot) != 1)}")
@@ -333,9 +340,7 @@ def plan_placement(
     candidate_ids = {n.node_id for n in candidates}
     kept = [snapshot[nid] for nid in request.keep if nid in candidate_ids][:target]
     kept_ids = {n.node_id for n in kept}
-    rest = sorted(
-        (n for n in candidates if n.node_id not in kept_ids), key=lambda n: natural_key(n.node_id)
-    )
+    rest = [n for n in candidates if n.node_id not in kept_ids]
     chosen = kept + _pack(rest, target - len(kept), kept)
     ordered = _rank_order(chosen, request.keep)
 
@@ -400,7 +405,8 @@ def _notes(
         detail = ", ".join(f"{n} {cause}" for cause, n in skipped.items())
         notes.append(f"skipped {total} node{'s' * (total != 1)}: {detail}")
     if request.cell is None:  # then every OTHER_CELL skip stands for a whole cell
-        notes += [s.text for s in skips if s.cause == OTHER_CELL]
+        others = [s for s in skips if s.cause == OTHER_CELL]
+        notes += [s.text for s in sorted(others, key=lambda s: natural_key(s.node_id))]
     return notes
 
 
