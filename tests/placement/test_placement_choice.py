@@ -168,3 +168,17 @@ def test_the_dry_run_table_shows_ranks_hosts_racks_and_free_slots() -> None:
         "note: chose 1 of 2 matching nodes (at most 1)",
         "note: skipped 1 node: 1 draining",
     ]
+
+
+def test_a_growing_job_fills_its_kept_hosts_before_new_ones() -> None:
+    nodes = grid(racks=1, hosts_per_rack=3, nodes_per_host=3)
+    plan = plan_placement(request(3, keep=("r0-h2-n1",)), nodes, now=NOW)
+    assert plan.nodes == ("r0-h2-n1", "r0-h2-n0", "r0-h2-n2")
+    assert plan.hosts == 1
+
+
+def test_a_kept_node_in_another_cell_than_the_job_is_left_with_a_note() -> None:
+    nodes = [node("a", cell="east"), node("b", cell="west"), node("c", cell="west")]
+    plan = plan_placement(request(1, 3, keep=("a", "b")), nodes, now=NOW)
+    assert plan.nodes == ("a",)
+    assert "left b: in cell 'west', the job runs in 'east'" in plan.notes
