@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 import infermesh
-from infermesh.cli import runs, topo
+from infermesh.cli import cell, runs, topo
 from infermesh.cli.sim import sim_app
 
 app = typer.Typer(
@@ -17,6 +17,9 @@ app = typer.Typer(
 app.add_typer(runs.app, name="runs")
 app.add_typer(sim_app, name="sim")
 app.add_typer(topo.app)
+app.add_typer(cell.coordinator_app, name="coordinator")
+app.add_typer(cell.agent_app, name="agent")
+app.command("up")(cell.up)
 
 
 @app.command()

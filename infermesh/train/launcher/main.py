@@ -13,11 +13,11 @@ Order of work, chosen so that a launch costs one ``import torch`` of wall time, 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import secrets
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -41,8 +41,30 @@ def console_main() -> NoReturn:
     sys.exit(main())
 
 
+PARENT_PID_ENV = "INFERMESH_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """Under a node agent: get SIGKILL when the agent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    The agent cannot set this between fork and exec (its gRPC threads make ``preexec_fn``
+    unsafe), so the launcher sets it on itself and exits if the agent is already gone.
+    """
+    parent = os.environ.pop(PARENT_PID_ENV, "")
+    if not parent.isdigit():
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() != int(parent):
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the launcher; return the process exit code (0 ok, 1 workers failed, 2 bad input)."""
+    die_with_parent()
     try:
         opts = parse_options(argv)
     except UsageError as e:
@@ -74,29 +96,25 @@ def _run_id_for(opts: LaunchOptions) -> str:
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def _coordinator_reachable(addr: str) -> bool:
-    host, _, port = addr.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
-            return True
-    except (OSError, ValueError):
-        return False
+def submit_target(opts: LaunchOptions) -> tuple[bool, str | None]:
+    """(submit?, coordinator): submit mode and where to, or (False, None) to run here.
+
+    A configured coordinator (``--coordinator`` or ``$INFERMESH_COORDINATOR``) without
+    ``--rdzv-endpoint``/``--standalone`` means "submit to the cell"; ``--nnodes auto`` without
+    one means "submit to an embedded local cell".
+    """
+    if opts.standalone or opts.rdzv_endpoint:
+        return False, None
+    from infermesh.client.coordinator import resolve_address
+
+    coordinator = resolve_address(opts.coordinator)
+    if coordinator:
+        return True, coordinator
+    return opts.nnodes_auto, None
 
 
 def _resolve_rendezvous(opts: LaunchOptions) -> None:
-    """Apply --nnodes auto, --standalone and torchrun's single-node defaults in place."""
-    coordinator = opts.coordinator or os.environ.get("INFERMESH_COORDINATOR")
-    if opts.nnodes_auto:
-        if coordinator and _coordinator_reachable(coordinator):
-            raise UsageError(
-                f"--coordinator {coordinator} answers, but this version of infermesh-run has "
-                f"no coordinator client yet; pass --nnodes N or drop --coordinator"
-            )
-        why = f"no coordinator reachable at {coordinator}" if coordinator else "no coordinator"
-        logger.info("--nnodes auto: %s; running on this machine only (1 node)", why)
-        opts.standalone = True
-    elif coordinator and opts.coordinator:
-        logger.warning("--coordinator is used only with --nnodes auto; ignoring it")
+    """Apply --standalone and torchrun's single-node defaults in place."""
     if opts.standalone or (
         opts.rdzv_backend == "static"
         and not opts.rdzv_endpoint
@@ -115,7 +133,7 @@ def _check_ports(opts: LaunchOptions) -> None:
     if opts.rdzv_backend == "static":
         if opts.node_rank == 0 and opts.master_port:
             check_master_port(opts.master_port, opts.explicit_master_port)
-    elif opts.rdzv_backend in ("c10d", "infermesh") and opts.rdzv_endpoint:
+    elif opts.rdzv_backend == "c10d" and opts.rdzv_endpoint:
         host, _, port = opts.rdzv_endpoint.rpartition(":")
         if not host:
             host, port = port, str(_DEFAULT_C10D_PORT)
@@ -149,6 +167,11 @@ def _set_omp_threads(nproc: int) -> None:
 
 def launch(opts: LaunchOptions) -> int:
     """Launch and supervise this node's workers; return the exit code."""
+    to_cell, coordinator = submit_target(opts)
+    if to_cell:
+        from infermesh.train.launcher.submit import submit_or_local
+
+        return submit_or_local(opts, _resolve_nproc(opts), coordinator)
     _resolve_rendezvous(opts)
     nproc = _resolve_nproc(opts)
     _set_omp_threads(nproc)

@@ -286,7 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--coordinator",
         action=_Env,
         default=None,
-        help="HOST:PORT of the cell coordinator (used by --nnodes auto).",
+        help="HOST:PORT of the cell coordinator (default $INFERMESH_COORDINATOR). With a "
+        "coordinator and no --rdzv-endpoint the command submits a job to the cell.",
+    )
+    add(
+        "--detach",
+        action=_EnvFlag,
+        help="Submit mode: print the job id and return instead of streaming its logs.",
+    )
+    add(
+        "--job-name",
+        "--job_name",
+        action=_Env,
+        default=None,
+        help="Submit mode: the job's name (default: the script's name).",
     )
     add(
         "--hang-timeout",
@@ -379,6 +392,8 @@ class LaunchOptions:
     shutdown_timeout: int | None
     virtual_local_rank: bool
     coordinator: str | None
+    detach: bool
+    job_name: str | None
     hang_timeout: float | None
     run_dir: str
     worker_start: str
@@ -393,10 +408,10 @@ class LaunchOptions:
 
     @property
     def node_name(self) -> str:
-        """Name of this node in logs and run directories."""
+        """Name of this node in logs and run directories (the agent's node id under one)."""
         import socket
 
-        return self.local_addr or socket.gethostname()
+        return os.environ.get("INFERMESH_NODE_ID") or self.local_addr or socket.gethostname()
 
 
 def _load_config_file(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -622,6 +637,8 @@ def parse_options(argv: list[str] | None = None) -> LaunchOptions:
         shutdown_timeout=ns.shutdown_timeout,
         virtual_local_rank=ns.virtual_local_rank,
         coordinator=ns.coordinator,
+        detach=ns.detach,
+        job_name=ns.job_name,
         hang_timeout=ns.hang_timeout,
         run_dir=ns.run_dir,
         worker_start=worker_start,

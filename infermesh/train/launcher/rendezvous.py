@@ -16,9 +16,12 @@ Workers therefore see ``TORCHELASTIC_USE_AGENT_STORE=False`` and rank 0 hosts th
 Backends that use it:
 
 - ``c10d`` -- the same TCPStore-based state as torchrun's c10d backend.
-- ``infermesh`` -- a TCPStore at ``--rdzv-endpoint`` when given; with no endpoint, a file
-  store under the run directory, so several launchers on one machine meet without any
-  port (a one-machine cell). The coordinator-backed state arrives with the control plane.
+- ``infermesh`` with no endpoint -- a file store under the run directory, so several
+  launchers on one machine meet without any port (a one-machine cell).
+
+:class:`CoordinatorRendezvous` (``infermesh`` with ``--rdzv-endpoint COORD:7600``) asks the
+cell coordinator instead: the coordinator decides who is in each round, the rank order and
+when the round closes; rank 0 hosts that round's store on the port it offered.
 
 The ``infermesh`` name is also registered for plain ``torchrun`` through the
 ``torchrun.handlers`` entry point (:func:`handler_factory`).
@@ -28,15 +31,20 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from torch.distributed import PrefixStore
+from torch.distributed import PrefixStore, TCPStore
 from torch.distributed.elastic.rendezvous import (
+    RendezvousClosedError,
+    RendezvousConnectionError,
     RendezvousHandler,
     RendezvousInfo,
     RendezvousParameters,
     RendezvousStoreInfo,
+    RendezvousTimeoutError,
 )
 from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import create_backend
 from torch.distributed.elastic.rendezvous.dynamic_rendezvous import (
@@ -48,9 +56,18 @@ from torch.distributed.elastic.rendezvous.static_tcp_rendezvous import (
     create_rdzv_handler,
 )
 
+from infermesh.client.coordinator import (
+    CoordinatorClient,
+    CoordinatorError,
+    CoordinatorUnavailable,
+    pb,
+)
+
 logger = logging.getLogger(__name__)
 
+
 __all__ = [
+    "CoordinatorRendezvous",
     "MeshRendezvousHandler",
     "MeshStaticRendezvous",
     "create_handler",
@@ -59,6 +76,7 @@ __all__ = [
 ]
 
 FILE_STORE_ENV = "INFERMESH_RDZV_FILE"
+NODE_ID_ENV = "INFERMESH_NODE_ID"
 """Path of the file store the ``infermesh`` backend uses when no endpoint is given."""
 
 
@@ -135,8 +153,129 @@ def _timeout(params: RendezvousParameters, key: str, default: int) -> timedelta:
     return timedelta(seconds=params.get_as_int(f"{key}_timeout", default) or default)
 
 
+class CoordinatorRendezvous(RendezvousHandler):
+    """Rendezvous decided by the cell coordinator (``RendezvousJoin`` / ``RendezvousState``)."""
+
+    POLL_S = 1.0
+    """How often a running node asks whether others wait to join (torch polls every tick)."""
+
+    def __init__(self, params: RendezvousParameters) -> None:
+        self.params = params
+        self.client = CoordinatorClient(params.endpoint, timeout_s=10.0)
+        self.run_id = params.run_id
+        self.node_id = os.environ.get(NODE_ID_ENV) or f"{socket.gethostname()}-{os.getpid()}"
+        self.addr = params.local_addr or _reachable_addr()
+        self.join_timeout = float(_timeout(params, "join", 600).total_seconds())
+        self.last_call = float(params.get_as_int("last_call_timeout", 0) or 0)
+        self._store: TCPStore | None = None
+        self._waiting = (0.0, 0)
+
+    def get_backend(self) -> str:
+        return "infermesh"
+
+    def get_run_id(self) -> str:
+        return self.run_id
+
+    @property
+    def use_agent_store(self) -> bool:
+        return False
+
+    def next_rendezvous(self) -> RendezvousInfo:
+        self._store = None  # the previous round's store server goes away with its object
+        request = pb.JoinRequest(
+            run_id=self.run_id,
+            node_id=self.node_id,
+            addr=self.addr,
+            port=_free_port(self.addr),
+            nproc_per_node=0,
+            nodes_min=self.params.min_nodes,
+            nodes_max=self.params.max_nodes,
+            last_call_s=self.last_call,
+            timeout_s=self.join_timeout,
+        )
+        deadline = time.monotonic() + self.join_timeout
+        while True:
+            try:
+                reply = self.client.rendezvous_join(request)
+                break
+            except CoordinatorUnavailable as error:
+                if time.monotonic() > deadline:
+                    raise RendezvousConnectionError(str(error)) from None
+                logger.warning("%s; retrying the rendezvous", error)
+                time.sleep(1.0)
+            except CoordinatorError as error:
+                if "closed" in str(error):
+                    raise RendezvousClosedError(str(error)) from None
+                if "did not close" in str(error) or "timed out" in str(error):
+                    raise RendezvousTimeoutError(str(error)) from None
+                raise
+        rank, world = reply.group_rank, reply.group_world_size
+        store = TCPStore(
+            reply.master_addr,
+            reply.master_port,
+            is_master=rank == 0,
+            timeout=timedelta(seconds=60),
+            wait_for_workers=False,
+        )
+        self._store = store
+        prefixed = PrefixStore(f"infermesh/{self.run_id}/round_{reply.round}", store)
+        bootstrap = RendezvousStoreInfo.build(rank, prefixed, local_addr=self.addr)
+        logger.info(
+            "round %d: node %s is group rank %d of %d (%s)",
+            reply.round,
+            self.node_id,
+            rank,
+            world,
+            ", ".join(reply.nodes),
+        )
+        return RendezvousInfo(prefixed, rank, world, bootstrap)
+
+    def is_closed(self) -> bool:
+        try:
+            return bool(self.client.rendezvous_state(self.run_id, self.node_id).closed)
+        except CoordinatorError:
+            return False
+
+    def set_closed(self) -> None:
+        try:
+            self.client.rendezvous_close(self.run_id, self.node_id)
+        except CoordinatorError as error:
+            logger.warning("could not close rendezvous %s: %s", self.run_id, error)
+
+    def num_nodes_waiting(self) -> int:
+        checked, waiting = self._waiting
+        now = time.monotonic()
+        if now - checked < self.POLL_S:
+            return waiting
+        try:
+            waiting = self.client.rendezvous_state(self.run_id, self.node_id).nodes_waiting
+        except CoordinatorError:
+            waiting = 0  # a coordinator restart must not restart the workers
+        self._waiting = (now, waiting)
+        return waiting
+
+    def shutdown(self) -> bool:
+        self.client.close()
+        return True
+
+
+def _free_port(addr: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def _reachable_addr() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return socket.getfqdn()
+
+
 def create_handler(params: RendezvousParameters) -> RendezvousHandler:
     """Create the handler for ``c10d`` or ``infermesh`` parameters."""
+    if params.backend == "infermesh" and params.endpoint:
+        return CoordinatorRendezvous(params)
     if params.backend == "infermesh" and not params.endpoint:
         path = params.get(
             "file", os.environ.get(FILE_STORE_ENV, f"/tmp/infermesh-rdzv-{params.run_id}")

@@ -1,0 +1,1 @@
+"""The node agent: registration, heartbeats with telemetry, and the jobs it runs."""

@@ -1,0 +1,242 @@
+"""``infermesh coordinator start``, ``infermesh agent start`` and ``infermesh up``.
+
+``up`` runs an embedded local cell in one process: a coordinator on loopback and N agents
+(``node-0`` ... ``node-N-1``), each agent with its own work directory under the state
+directory. It prints one line with the coordinator address when the cell is ready (and
+writes it to ``--ready-file`` for scripts), then serves until Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from infermesh.agent.agent import NodeAgent
+from infermesh.agent.telemetry import Telemetry
+from infermesh.client.coordinator import DEFAULT_PORT, parse_address, resolve_address
+from infermesh.control.coordinator import Coordinator, check_port, default_store_url
+from infermesh.core.errors import InferMeshError, UsageError
+
+coordinator_app = typer.Typer(help="Run the cell coordinator.", no_args_is_help=True)
+agent_app = typer.Typer(help="Run a node agent.", no_args_is_help=True)
+
+logger = logging.getLogger(__name__)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _serve(main: asyncio.Future[None] | object) -> None:
+    """Run a coroutine until it ends or SIGINT/SIGTERM; errors become one line, exit 2/1."""
+    try:
+        asyncio.run(main)  # type: ignore[arg-type]
+    except UsageError as e:
+        typer.echo(f"infermesh: error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except InferMeshError as e:
+        typer.echo(f"infermesh: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _parse_labels(labels: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label {item!r}: expected KEY=VALUE, e.g. --label gpu=h100")
+        out[key] = value
+    return out
+
+
+@coordinator_app.command("start")
+def coordinator_start(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for all)."),
+    port: int = typer.Option(DEFAULT_PORT, help="gRPC port (0 picks a free one)."),
+    cell: str = typer.Option("local", help="Name of the cell this coordinator runs."),
+    state_dir: str = typer.Option(".infermesh/coordinator", help="Where the store lives."),
+    store: str = typer.Option("", help="Store URL (default: sqlite under --state-dir)."),
+    suspect_after: float = typer.Option(3.0, help="Seconds of silence before SUSPECT."),
+    dead_after: float = typer.Option(10.0, help="Seconds of silence before DEAD."),
+    log_level: str = typer.Option("INFO", help="Log level."),
+) -> None:
+    """Start the coordinator of one cell and serve until Ctrl-C."""
+    _logging(log_level)
+
+    async def main() -> None:
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        coord = Coordinator(
+            store_url=store or default_store_url(state_dir),
+            cell=cell,
+            host=host,
+            port=check_port(port),
+            suspect_after_s=suspect_after,
+            dead_after_s=dead_after,
+        )
+        await coord.start()
+        typer.echo(f"infermesh: coordinator of cell {cell} at {coord.address} (insecure)")
+        try:
+            await _until_signal()
+        finally:
+            await coord.stop()
+
+    _serve(main())
+
+
+@agent_app.command("start")
+def agent_start(
+    coordinator: str = typer.Option(
+        "", help="Coordinator HOST:PORT (default: $INFERMESH_COORDINATOR)."
+    ),
+    node_id: str = typer.Option("", help="Node id (default: the hostname)."),
+    cell: str = typer.Option("local", help="Cell the node belongs to."),
+    workdir: str = typer.Option(".infermesh/agent", help="Run directories go here."),
+    slots: int = typer.Option(-1, help="Worker slots (default: GPUs, or CPU cores)."),
+    rack: str = typer.Option("", help="Rack name, used to place ranks close together."),
+    label: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE node label (repeatable).")
+    ] = None,
+    addr: str = typer.Option("", help="Address other nodes reach this one on."),
+    fake_gpus: int = typer.Option(
+        0, help="Report this many scripted fake GPUs (tests and demos only)."
+    ),
+    log_level: str = typer.Option("INFO", help="Log level."),
+) -> None:
+    """Register this machine with the coordinator and run the work it assigns."""
+    _logging(log_level)
+
+    async def main() -> None:
+        address = resolve_address(coordinator or None)
+        if address is None:
+            raise UsageError(
+                "no coordinator given: pass --coordinator HOST:PORT or set INFERMESH_COORDINATOR"
+            )
+        agent = _make_agent(
+            address,
+            node_id or socket.gethostname(),
+            cell,
+            Path(workdir),
+            slots,
+            rack,
+            _parse_labels(label or []),
+            addr,
+            fake_gpus,
+        )
+        task = asyncio.create_task(agent.run())
+        stopper = asyncio.create_task(_until_signal())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        agent.stop()
+        stopper.cancel()
+        await task
+
+    _serve(main())
+
+
+def _make_agent(
+    address: str,
+    node_id: str,
+    cell: str,
+    workdir: Path,
+    slots: int,
+    rack: str,
+    labels: dict[str, str],
+    addr: str,
+    fake_gpus: int,
+) -> NodeAgent:
+    return NodeAgent(
+        coordinator=address,
+        node_id=node_id,
+        cell=cell,
+        workdir=workdir,
+        slots=None if slots < 0 else slots,
+        rack=rack,
+        labels=labels,
+        addr=addr or None,
+        telemetry=Telemetry.for_node(fake_gpus),
+    )
+
+
+def up(
+    agents: int = typer.Option(2, help="Agents (nodes) to start on this machine."),
+    port: int = typer.Option(DEFAULT_PORT, help="Coordinator port (0 picks a free one)."),
+    state_dir: str = typer.Option(".infermesh/cell", help="Store and agents' work dirs."),
+    slots: int = typer.Option(-1, help="Worker slots per agent (default: CPU cores)."),
+    cell: str = typer.Option("local", help="Cell name."),
+    ready_file: str = typer.Option("", help="Write the coordinator address here."),
+    dead_after: float = typer.Option(10.0, help="Seconds of silence before a node is DEAD."),
+    log_level: str = typer.Option("WARNING", help="Log level."),
+) -> None:
+    """Start an embedded local cell: a coordinator and N agents on loopback."""
+    _logging(log_level)
+    if agents < 1:
+        typer.echo(f"infermesh: error: --agents {agents}: start at least one agent", err=True)
+        raise typer.Exit(2)
+
+    async def main() -> None:
+        state = Path(state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        coord = Coordinator(
+            store_url=default_store_url(state),
+            cell=cell,
+            host="127.0.0.1",
+            port=check_port(port),
+            dead_after_s=dead_after,
+        )
+        await coord.start()
+        nodes = [
+            _make_agent(
+                coord.address,
+                f"node-{i}",
+                cell,
+                state / f"node-{i}",
+                slots,
+                "",
+                {},
+                "127.0.0.1",
+                0,
+            )
+            for i in range(agents)
+        ]
+        tasks = [asyncio.create_task(a.run()) for a in nodes]
+        await asyncio.wait_for(asyncio.gather(*(a.registered.wait() for a in nodes)), 30)
+        typer.echo(
+            f"infermesh: local cell {cell} up: coordinator {coord.address} (insecure, "
+            f"loopback only), {agents} agent(s); Ctrl-C stops it",
+            err=False,
+        )
+        if ready_file:
+            Path(ready_file).write_text(coord.address + "\n")
+        try:
+            await _until_signal()
+        finally:
+            for a in nodes:
+                a.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await coord.stop()
+            if ready_file:
+                with contextlib.suppress(OSError):
+                    Path(ready_file).unlink()
+
+    _serve(main())
+
+
+__all__ = ["agent_app", "coordinator_app", "parse_address", "up"]

@@ -1,0 +1,1 @@
+"""Typed gRPC client of the cell coordinator (generated code in ``generated/``)."""
