@@ -103,14 +103,22 @@ class JobManager:
     def active(self) -> list[pb.Job]:
         return [j for j in self.jobs.values() if not JobStatus(j.status).terminal]
 
-    def used_slots(self, node_id: str) -> int:
-        return sum(j.spec.nproc_per_node for j in self.active() if node_id in j.nodes)
+    def used_slots(self, node_id: str, *, besides: str = "") -> int:
+        """Slots the active jobs (other than ``besides``) hold on a node."""
+        return sum(
+            j.spec.nproc_per_node
+            for j in self.active()
+            if node_id in j.nodes and j.job_id != besides
+        )
 
     def jobs_on(self, node_id: str) -> list[str]:
         return [j.job_id for j in self.active() if node_id in j.nodes]
 
-    def node_infos(self) -> list[NodeInfo]:
-        return [e.info(self.used_slots(n)) for n, e in self.membership.nodes.items()]
+    def node_infos(self, *, besides: str = "") -> list[NodeInfo]:
+        """Node snapshots for the planner; ``besides``: a job re-planned on its own slots."""
+        return [
+            e.info(self.used_slots(n, besides=besides)) for n, e in self.membership.nodes.items()
+        ]
 
     def get(self, job_id: str) -> pb.Job:
         job = self.jobs.get(job_id)
@@ -149,7 +157,7 @@ class JobManager:
         )
 
     def _plan(self, job: pb.Job, keep: tuple[str, ...] = ()) -> tuple[Placement, list[NodeInfo]]:
-        nodes = self.node_infos()
+        nodes = self.node_infos(besides=job.job_id)
         with tracer.start_as_current_span("placement.plan") as span:
             span.set_attribute("job", job.job_id)
             span.set_attribute("nodes_total", len(nodes))
@@ -273,9 +281,8 @@ class JobManager:
                 self._stop_on(report.job_id, [node_id])
             return
         self.reports[job.job_id][node_id] = report
-        if report.state == "running":
-            await self._progress_update(job, report)
-        elif report.state == "succeeded":
+        await self._progress_update(job, report)
+        if report.state == "succeeded":
             done = self.reports[job.job_id]
             if all(done.get(n) is not None and done[n].state == "succeeded" for n in job.nodes):
                 await self._finish(job, JobStatus.SUCCEEDED, "all nodes finished")

@@ -131,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_restarts",
         action=_Env,
         type=int,
-        default=0,
-        help="Worker group restarts allowed before the job fails.",
+        default=None,
+        help="Worker group restarts allowed before the job fails (default 0; 3 for jobs "
+        "submitted to a cell, so a lost node can be replaced).",
     )
     add(
         "--monitor-interval",
@@ -369,6 +370,8 @@ class LaunchOptions:
     rdzv_conf: dict[str, str]
     standalone: bool
     max_restarts: int
+    max_restarts_given: bool
+    """``--max-restarts`` was on the command line (or in ``PET_MAX_RESTARTS``)."""
     monitor_interval: float
     start_method: str
     event_log_handler: str
@@ -577,7 +580,7 @@ def parse_options(argv: list[str] | None = None) -> LaunchOptions:
 
     min_nodes, max_nodes, auto = _parse_nnodes(str(ns.nnodes))
     nproc = _parse_nproc(ns.nproc_per_node)
-    if ns.max_restarts < 0:
+    if ns.max_restarts is not None and ns.max_restarts < 0:
         raise UsageError(f"--max-restarts {ns.max_restarts}: must be 0 or more")
     if ns.monitor_interval <= 0:
         raise UsageError(f"--monitor-interval {ns.monitor_interval}: must be positive, e.g. 0.1")
@@ -613,7 +616,8 @@ def parse_options(argv: list[str] | None = None) -> LaunchOptions:
         rdzv_id=ns.rdzv_id,
         rdzv_conf=_parse_rdzv_conf(ns.rdzv_conf),
         standalone=ns.standalone,
-        max_restarts=ns.max_restarts,
+        max_restarts=0 if ns.max_restarts is None else ns.max_restarts,
+        max_restarts_given=ns.max_restarts is not None,
         monitor_interval=ns.monitor_interval,
         start_method=ns.start_method,
         event_log_handler=ns.event_log_handler,

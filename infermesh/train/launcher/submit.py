@@ -22,7 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-from infermesh.client.coordinator import CoordinatorClient, CoordinatorError, pb
+from infermesh.client.coordinator import (
+    CoordinatorClient,
+    CoordinatorError,
+    CoordinatorUnavailable,
+    pb,
+)
 from infermesh.core.errors import InferMeshError, UsageError
 from infermesh.train.launcher.options import LaunchOptions
 
@@ -32,6 +37,9 @@ FORWARDED_ENV = ("PYTHONPATH", "OMP_NUM_THREADS", "LOGLEVEL", "PYTHONHASHSEED")
 FORWARDED_PREFIXES = ("TORCH_", "NCCL_", "GLOO_", "INFERMESH_TRAIN_")
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "CANCELLED": 130}
 CELL_START_TIMEOUT_S = 60.0
+RECONNECT_S = 120.0
+CELL_MAX_RESTARTS = 3
+"""Restarts a submitted job gets when ``--max-restarts`` is not given."""
 
 
 def job_spec(opts: LaunchOptions, nproc: int) -> pb.JobSpec:
@@ -60,7 +68,7 @@ def job_spec(opts: LaunchOptions, nproc: int) -> pb.JobSpec:
         nodes_max=0 if opts.nnodes_auto else opts.max_nodes,
         workdir=os.getcwd(),
         env=env,
-        max_restarts=opts.max_restarts,
+        max_restarts=opts.max_restarts if opts.max_restarts_given else CELL_MAX_RESTARTS,
         launcher_args=launcher_args,
     )
 
@@ -87,15 +95,30 @@ def submit(opts: LaunchOptions, nproc: int, coordinator: str) -> int:
 
 
 def follow(client: CoordinatorClient, job_id: str) -> int:
-    """Print the job's log lines until it ends; Ctrl-C cancels it."""
+    """Print the job's log lines until it ends; Ctrl-C cancels it.
+
+    A coordinator restart does not end the job: the stream is resumed after the last line
+    printed, for up to :data:`RECONNECT_S` seconds of unavailability.
+    """
     started = time.monotonic()
+    after, down_since = 0, 0.0
     try:
-        after = 0
         while True:
-            for line in client.job_logs(job_id, follow=True, after_seq=after):
-                print(line.text, flush=True)
-                after = line.seq
-            job = client.get_job(job_id).job
+            try:
+                for line in client.job_logs(job_id, follow=True, after_seq=after):
+                    print(line.text, flush=True)
+                    after = line.seq
+                job = client.get_job(job_id).job
+                down_since = 0.0
+            except CoordinatorUnavailable as error:
+                now = time.monotonic()
+                if not down_since:
+                    down_since = now
+                    print(f"infermesh-run: {error}; reconnecting", file=sys.stderr, flush=True)
+                if now - down_since > RECONNECT_S:
+                    raise
+                time.sleep(1.0)
+                continue
             if job.status in EXIT_CODES:
                 break
     except KeyboardInterrupt:
