@@ -151,3 +151,50 @@ def test_coordinator_sigkill_and_restart_loses_nothing_and_does_not_restart_the_
     with cell.client() as c:
         final = c.get_job(job.job_id).job
         assert final.restarts == 0 and final.round == job.round
+
+
+def test_per_node_mode_joins_the_coordinators_rendezvous(cell, tmp_path):
+    """Slurm style: the same command on every node, no agents; the coordinator ranks them."""
+    import os
+    import subprocess
+
+    from tests.cell.cellproc import BIN, ROOT
+
+    procs = []
+    for node in ("n-b", "n-a"):
+        env = dict(os.environ, INFERMESH_NODE_ID=node)
+        env.pop("INFERMESH_COORDINATOR", None)
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "infermesh-run"),
+                    "--nnodes",
+                    "2",
+                    "--nproc-per-node",
+                    "1",
+                    "--rdzv-backend",
+                    "infermesh",
+                    "--rdzv-endpoint",
+                    cell.address,
+                    "--rdzv-id",
+                    "slurm-42",
+                    "--local-addr",
+                    "127.0.0.1",
+                    "--run-dir",
+                    str(tmp_path / "runs"),
+                    *TRAIN[:1],
+                    "trainer.max_steps=10",
+                    "model.n_layer=1",
+                    f"trainer.out_dir={tmp_path / 'tiny'}",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=150)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "node n-a is group rank 0 of 2 (n-a, n-b)" in outputs[1]
+    assert "node n-b is group rank 1 of 2 (n-a, n-b)" in outputs[0]

@@ -1,0 +1,289 @@
+"""The coordinator's gRPC API against a real server on loopback (memory store).
+
+Every bad request gets a status code and a message naming the problem, and leaves the store
+exactly as it was (same revision).
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from infermesh.client.coordinator import (
+    CoordinatorClient,
+    CoordinatorError,
+    CoordinatorUnavailable,
+    NotFound,
+    async_stub,
+    pb,
+)
+from tests.cell.cellproc import wait_for
+from tests.cell.inproc import ThreadedCoordinator
+
+
+@pytest.fixture
+def coord():
+    c = ThreadedCoordinator(suspect_after_s=0.6, dead_after_s=1.5)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def client(coord):
+    with CoordinatorClient(coord.address) as c:
+        yield c
+
+
+def _spec(node_id: str, slots: int = 2) -> pb.NodeSpec:
+    return pb.NodeSpec(
+        node_id=node_id, hostname="host-a", slots=slots, no_gpu_reason="test node", cpus=2
+    )
+
+
+def _register(coord, node_id: str, epoch: int = 0, slots: int = 2) -> int:
+    async def go():
+        channel, stub = async_stub(coord.address)
+        try:
+            reply = await stub.Register(pb.RegisterRequest(spec=_spec(node_id, slots), epoch=epoch))
+            return reply.epoch
+        finally:
+            await channel.close()
+
+    return coord.run(go())
+
+
+def _revision(client) -> int:
+    return client.stats().store_revision
+
+
+def _job(**fields) -> pb.JobSpec:
+    base = dict(name="t", entrypoint="/bin/true", nproc_per_node=1, nodes_min=1, nodes_max=1)
+    base.update(fields)
+    return pb.JobSpec(**base)
+
+
+def test_registration_lists_the_node_and_records_an_event(coord, client):
+    assert _register(coord, "node-a") == 1
+    (node,) = client.list_nodes()
+    assert (node.spec.node_id, node.status, node.epoch) == ("node-a", "ALIVE", 1)
+    assert node.spec.cell == "local"
+    (event,) = client.list_events(subject="node-a")
+    assert (event.to_state, event.reason) == ("ALIVE", "registered (epoch 1)")
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        (pb.NodeSpec(node_id="bad id!", hostname="h", no_gpu_reason="x"), "node id 'bad id!'"),
+        (pb.NodeSpec(node_id="n1", hostname="", no_gpu_reason="x"), "hostname is empty"),
+        (pb.NodeSpec(node_id="n1", hostname="h"), "no GPUs and no reason"),
+        (pb.NodeSpec(node_id="n1", hostname="h", no_gpu_reason="x", slots=-1), "negative"),
+        (
+            pb.NodeSpec(node_id="n1", hostname="h", no_gpu_reason="x", cell="other"),
+            "--cell local",
+        ),
+    ],
+)
+def test_malformed_registrations_are_rejected_and_write_nothing(coord, client, spec, needle):
+    before = _revision(client)
+
+    async def go():
+        channel, stub = async_stub(coord.address)
+        try:
+            await stub.Register(pb.RegisterRequest(spec=spec))
+        finally:
+            await channel.close()
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        coord.run(go())
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in info.value.details()
+    assert _revision(client) == before and client.list_nodes() == []
+
+
+def _stream(coord, node_id: str, epoch: int, beats: int = 1) -> list[pb.CoordinatorMessage]:
+    async def go():
+        channel, stub = async_stub(coord.address)
+
+        async def requests():
+            for seq in range(1, beats + 1):
+                yield pb.AgentHeartbeat(node_id=node_id, epoch=epoch, seq=seq)
+
+        try:
+            return [m async for m in stub.Heartbeat(requests())]
+        finally:
+            await channel.close()
+
+    return coord.run(go())
+
+
+def test_duplicate_node_id_is_refused_while_the_first_agent_is_live(coord, client):
+    _register(coord, "node-a")
+
+    async def hold_and_register_again():
+        channel, stub = async_stub(coord.address)
+        queue: list[pb.AgentHeartbeat] = [pb.AgentHeartbeat(node_id="node-a", epoch=1, seq=1)]
+
+        async def requests():
+            yield queue[0]
+            await asyncio.sleep(2)  # keep the stream (the live agent) open
+
+        import asyncio
+
+        call = stub.Heartbeat(requests())
+        await call.read()
+        try:
+            await stub.Register(pb.RegisterRequest(spec=_spec("node-a")))
+        finally:
+            call.cancel()
+            await channel.close()
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        coord.run(hold_and_register_again())
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "another --node-id" in info.value.details()
+
+
+def test_stale_epochs_are_fenced_and_their_reports_dropped(coord, client):
+    _register(coord, "node-a")
+    (reply,) = _stream(coord, "node-a", epoch=7)
+    assert "epoch 7 is stale" in reply.fenced
+    (reply,) = _stream(coord, "node-b", epoch=1)
+    assert "not registered" in reply.fenced
+    (reply,) = _stream(coord, "node-a", epoch=1)
+    assert reply.fenced == "" and reply.ack_seq == 1
+
+
+def test_silent_node_goes_suspect_then_dead_then_comes_back_with_a_new_epoch(coord, client):
+    _register(coord, "node-a")
+    status = lambda: client.list_nodes()[0].status  # noqa: E731
+    wait_for(lambda: status() == "SUSPECT", 5, "SUSPECT")
+    wait_for(lambda: status() == "DEAD", 5, "DEAD")
+    (reply,) = _stream(coord, "node-a", epoch=1)
+    assert "stale" in reply.fenced  # a dead epoch may not report
+    assert _register(coord, "node-a", epoch=1) == 2
+    assert status() == "ALIVE"
+    reasons = [e.reason for e in client.list_events(subject="node-a")]
+    assert reasons[0] == "registered (epoch 1)" and reasons[-1] == "registered again (epoch 2)"
+    assert any(r.startswith("no heartbeat for") for r in reasons)
+
+
+def test_drain_quarantine_undrain_and_unknown_node(coord, client):
+    _register(coord, "node-a")
+    assert client.set_node_state("node-a", "drain").status == "DRAINING"
+    node = client.set_node_state("node-a", "quarantine", "xid 79")
+    assert (node.status, node.status_reason) == ("QUARANTINED", "xid 79")
+    assert client.set_node_state("node-a", "undrain").status == "ALIVE"
+    before = _revision(client)
+    with pytest.raises(NotFound, match="no node 'node-z'"):
+        client.set_node_state("node-z", "drain")
+    with pytest.raises(CoordinatorError, match="unknown node action 'reboot'"):
+        client.set_node_state("node-a", "reboot")
+    assert _revision(client) == before
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"entrypoint": ""}, "entrypoint is empty"),
+        ({"nproc_per_node": 0}, "nproc_per_node is 0"),
+        ({"nodes_min": 0}, "nodes_min is 0"),
+        ({"nodes_min": 3, "nodes_max": 2}, "nodes_max 2 < nodes_min 3"),
+        ({"name": "bad name"}, "name 'bad name' is not valid"),
+        ({"max_restarts": -1}, "max_restarts is -1"),
+    ],
+)
+def test_bad_job_specs_are_rejected_before_anything_is_stored(client, fields, needle):
+    before = _revision(client)
+    with pytest.raises(CoordinatorError, match=needle) as info:
+        client.submit_job(_job(**fields))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert _revision(client) == before and client.list_jobs() == []
+
+
+def test_a_job_bigger_than_the_cell_is_refused_with_reasons_and_not_recorded(coord, client):
+    _register(coord, "node-a", slots=2)
+    _register(coord, "node-b", slots=1)
+    client.set_node_state("node-b", "quarantine", "ecc errors")
+    before = _revision(client)
+    with pytest.raises(CoordinatorError) as info:
+        client.submit_job(_job(nproc_per_node=2, nodes_min=2, nodes_max=2))
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "node-b" in str(info.value) and "quarantined" in str(info.value)
+    assert _revision(client) == before and client.list_jobs() == []
+
+
+def test_dry_run_prints_the_plan_and_stores_nothing(coord, client):
+    _register(coord, "node-a")
+    _register(coord, "node-b")
+    before = _revision(client)
+    reply = client.submit_job(_job(nodes_min=2, nodes_max=2), dry_run=True)
+    assert "node-a" in reply.placement and "node-b" in reply.placement
+    assert _revision(client) == before and client.list_jobs() == []
+
+
+def test_submitted_job_is_assigned_through_the_heartbeat_stream(coord, client):
+    _register(coord, "node-a")
+    reply = client.submit_job(_job())
+    assert reply.job.status == "PLACED" and list(reply.job.nodes) == ["node-a"]
+    (message,) = _stream(coord, "node-a", epoch=1)
+    assert [a.job_id for a in message.assign] == [reply.job.job_id]
+    cancelled = client.cancel_job(reply.job.job_id)
+    assert cancelled.status == "CANCELLED"
+    (message,) = _stream(coord, "node-a", epoch=1)
+    assert list(message.stop_jobs) == [reply.job.job_id]
+    detail = client.get_job(reply.job.job_id)
+    assert [e.to_state for e in detail.events] == ["PENDING", "PLACED", "CANCELLED"]
+
+
+def test_unknown_job_ids_give_not_found(client):
+    for call in (client.get_job, client.cancel_job):
+        with pytest.raises(NotFound, match="no job 'nope-1'"):
+            call("nope-1")
+    with pytest.raises(NotFound):
+        list(client.job_logs("nope-1"))
+
+
+def test_unknown_status_filter_names_the_allowed_values(client):
+    with pytest.raises(CoordinatorError, match="RUNNING"):
+        client.list_jobs(status="running-ish")
+
+
+def test_unreachable_coordinator_says_how_to_start_one():
+    with (
+        CoordinatorClient("127.0.0.1:1", timeout_s=2) as c,
+        pytest.raises(CoordinatorUnavailable, match="infermesh coordinator start"),
+    ):
+        c.list_nodes()
+
+
+def test_rendezvous_closes_when_max_nodes_joined_and_orders_by_address(coord):
+    async def join(node: str, addr: str):
+        channel, stub = async_stub(coord.address)
+        try:
+            request = pb.JoinRequest(
+                run_id="ext-1",
+                node_id=node,
+                addr=addr,
+                port=1234,
+                nodes_min=2,
+                nodes_max=2,
+                timeout_s=10,
+            )
+            return await stub.RendezvousJoin(request)
+        finally:
+            await channel.close()
+
+    async def both():
+        import asyncio
+
+        return await asyncio.gather(join("b", "10.0.0.2"), join("a", "10.0.0.1"))
+
+    t0 = time.monotonic()
+    rb, ra = coord.run(both())
+    assert time.monotonic() - t0 < 5
+    assert (ra.group_rank, rb.group_rank) == (0, 1)
+    assert ra.master_addr == rb.master_addr == "10.0.0.1" and ra.round == 1
+    assert list(ra.nodes) == ["a", "b"]
