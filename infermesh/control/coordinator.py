@@ -25,8 +25,10 @@ from infermesh.control.membership import Membership, NodeEntry
 from infermesh.control.records import Records
 from infermesh.control.service import CoordinatorService
 from infermesh.control.store import Store, open_store
+from infermesh.core.cell import NodeStatus
 from infermesh.core.errors import PortInUse, UsageError
 from infermesh.obs.metrics import counter
+from infermesh.signal.fusion import Health, SignalTable
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ class Coordinator:
             heartbeat_interval_s=interval,
         )
         self.jobs = JobManager(self.records, self.membership)
+        self.signals = SignalTable()
+        self._telemetry = TELEMETRY.labels(cell=self.cell)
         await self.records.load_events()
         await self.membership.load()
         await self.jobs.load()
@@ -117,12 +121,36 @@ class Coordinator:
 
     # -- heartbeat payload -----------------------------------------------------------------
     async def on_heartbeat(self, entry: NodeEntry, beat: pb.AgentHeartbeat) -> None:
-        if beat.telemetry.name:
-            TELEMETRY.labels(cell=self.cell).inc(len(beat.telemetry.name))
+        t = beat.telemetry
+        if t.name:
+            try:
+                accepted = self.signals.ingest(
+                    entry.node_id, t.name, t.value, t.ts, t.labels, received_at=time.time()
+                )
+            except UsageError as error:
+                logger.warning("dropped telemetry from %s: %s", entry.node_id, error)
+                accepted = 0
+            self._telemetry.inc(accepted)
+            await self._apply_health(entry)
         for report in beat.jobs:
             await self.jobs.on_report(entry.node_id, report)
         if beat.logs:
             await self.jobs.on_logs(list(beat.logs))
+
+    async def _apply_health(self, entry: NodeEntry) -> None:
+        health, reasons = self.signals.health(entry.node_id)
+        reason = "; ".join(reasons)
+        entry.node.health, entry.node.health_reason = health.value, reason
+        if health is Health.QUARANTINE and entry.node.admin != NodeStatus.QUARANTINED.value:
+            await self.membership.set_admin(entry.node_id, "quarantine", reason)
+
+    async def set_node_state(self, node_id: str, action: str, reason: str) -> pb.Node:
+        if action == "undrain" and node_id in self.signals.nodes:
+            cleared = self.signals.clear_events(node_id)  # the operator dealt with them
+            if cleared:
+                reason = reason or f"undrained; {cleared} GPU event(s) cleared"
+        await self.membership.set_admin(node_id, action, reason)
+        return self.node_view(node_id)
 
     # -- views -----------------------------------------------------------------------------
     def nodes(self) -> list[str]:
@@ -140,6 +168,14 @@ class Coordinator:
 
     def node_detail(self, node_id: str, max_age_s: float) -> pb.NodeDetail:
         detail = pb.NodeDetail(node=self.node_view(node_id))
+        detail.events.extend(e for e in self.records.events if e.subject == node_id)
+        if node_id in self.signals.nodes:
+            view = self.signals.view(node_id, max_age_s, time.time())
+            for s in sorted(view.series.values(), key=lambda s: (s.name, s.labels)):
+                detail.signals.append(
+                    pb.Signal(name=s.name, labels=s.labels, value=s.value, age_s=s.age_s)
+                )
+            detail.stale.extend(f"{s.name}{{{s.labels}}}" for s in view.stale)
         return detail
 
     async def events(self, *, subject: str = "", limit: int = 100) -> list[pb.Event]:

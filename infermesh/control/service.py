@@ -136,8 +136,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     @rpc
     async def SetNodeState(self, request: pb.SetNodeStateRequest, context: Any) -> pb.Node:
-        node = await self.membership.set_admin(request.node_id, request.action, request.reason)
-        return self.c.node_view(node.spec.node_id)
+        return await self.c.set_node_state(request.node_id, request.action, request.reason)
 
     # -- jobs ------------------------------------------------------------------------------
     @rpc

@@ -52,7 +52,7 @@ class NodeSpec(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., cell: _Optional[str] = ..., rack: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., no_gpu_reason: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("spec", "status", "status_since", "status_reason", "epoch", "used_slots", "last_heartbeat", "jobs", "admin")
+    __slots__ = ("spec", "status", "status_since", "status_reason", "epoch", "used_slots", "last_heartbeat", "jobs", "admin", "health", "health_reason")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     STATUS_SINCE_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,8 @@ class Node(_message.Message):
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
     ADMIN_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_REASON_FIELD_NUMBER: _ClassVar[int]
     spec: NodeSpec
     status: str
     status_since: float
@@ -71,7 +73,9 @@ class Node(_message.Message):
     last_heartbeat: float
     jobs: _containers.RepeatedScalarFieldContainer[str]
     admin: str
-    def __init__(self, spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., status: _Optional[str] = ..., status_since: _Optional[float] = ..., status_reason: _Optional[str] = ..., epoch: _Optional[int] = ..., used_slots: _Optional[int] = ..., last_heartbeat: _Optional[float] = ..., jobs: _Optional[_Iterable[str]] = ..., admin: _Optional[str] = ...) -> None: ...
+    health: str
+    health_reason: str
+    def __init__(self, spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., status: _Optional[str] = ..., status_since: _Optional[float] = ..., status_reason: _Optional[str] = ..., epoch: _Optional[int] = ..., used_slots: _Optional[int] = ..., last_heartbeat: _Optional[float] = ..., jobs: _Optional[_Iterable[str]] = ..., admin: _Optional[str] = ..., health: _Optional[str] = ..., health_reason: _Optional[str] = ...) -> None: ...
 
 class Signal(_message.Message):
     __slots__ = ("name", "labels", "value", "age_s")

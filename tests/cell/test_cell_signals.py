@@ -1,0 +1,73 @@
+"""Signals through the real heartbeat stream: inventory, fused view, XID -> quarantine."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from infermesh.agent.agent import NodeAgent
+from infermesh.agent.telemetry import Telemetry
+from infermesh.client.coordinator import CoordinatorClient
+from infermesh.signal.api import create_collector
+from tests.cell.cellproc import wait_for
+from tests.cell.inproc import ThreadedCoordinator
+
+
+@pytest.fixture
+def coord():
+    c = ThreadedCoordinator()
+    yield c
+    c.close()
+
+
+def _start(coord, node_id: str, telemetry: Telemetry, tmp_path) -> NodeAgent:
+    agent = NodeAgent(
+        coordinator=coord.address,
+        node_id=node_id,
+        workdir=tmp_path / node_id,
+        addr="127.0.0.1",
+        telemetry=telemetry,
+    )
+    agent.interval_s = 0.2
+    asyncio.run_coroutine_threadsafe(agent.run(), coord.loop)
+    return agent
+
+
+def _stop(coord, agent: NodeAgent) -> None:
+    coord.loop.call_soon_threadsafe(agent.stop)
+
+
+def test_cpu_only_agent_reports_host_signals_and_says_no_gpu(coord, tmp_path):
+    agent = _start(coord, "cpu-0", Telemetry([create_collector("host")]), tmp_path)
+    try:
+        with CoordinatorClient(coord.address) as c:
+            wait_for(lambda: c.list_nodes(), 10, "registration")
+            node = c.list_nodes()[0]
+            assert not node.spec.gpus and node.spec.no_gpu_reason
+            detail = wait_for(lambda: (d := c.get_node("cpu-0")).signals and d, 10, "host signals")
+            names = {s.name for s in detail.signals}
+            assert any(n.startswith("host.") for n in names), names
+            assert all(s.age_s < 10 for s in detail.signals)
+            assert node.health in ("", "ok")
+    finally:
+        _stop(coord, agent)
+
+
+def test_injected_xid_quarantines_the_node_with_the_reason(coord, tmp_path):
+    fake = create_collector("fake_nvml", gpus=4, xid=[(2, 79, 3)])
+    agent = _start(coord, "gpu-0", Telemetry([create_collector("host"), fake]), tmp_path)
+    try:
+        with CoordinatorClient(coord.address) as c:
+            wait_for(lambda: c.list_nodes(), 10, "registration")
+            assert len(c.list_nodes()[0].spec.gpus) == 4
+            node = wait_for(
+                lambda: (n := c.list_nodes()[0]).status == "QUARANTINED" and n, 15, "quarantine"
+            )
+            assert "79" in node.status_reason and node.health == "quarantine"
+            events = c.list_events(subject="gpu-0")
+            assert events[-1].to_state == "QUARANTINED" and "79" in events[-1].reason
+            undrained = c.set_node_state("gpu-0", "undrain")
+            assert undrained.status == "ALIVE" and "cleared" in undrained.status_reason
+    finally:
+        _stop(coord, agent)
