@@ -13,8 +13,8 @@ help:  ## list the targets
 setup:  ## create .venv (CPU torch 2.13.0 without a GPU) and install infermesh[dev]
 	@./scripts/setup.sh
 
-demo: setup  ## train the tiny GPT with 2 workers through infermesh-run; leaves a checkpoint
-	@$(BIN)/infermesh-run --standalone --nproc-per-node 2 --run-dir runs \
+demo: setup  ## train the tiny GPT on an embedded local cell (2 workers); leaves a checkpoint
+	@$(BIN)/infermesh-run --nnodes auto --nproc-per-node 2 --run-dir runs \
 		examples/train_tiny_gpt.py trainer.max_steps=300 trainer.ckpt_every=100 \
 		trainer.out_dir=runs/tiny_gpt
 
