@@ -29,8 +29,8 @@ from infermesh.cli._cell import (
 )
 from infermesh.client.coordinator import pb
 from infermesh.train.launcher.job_config import job_from_config
-from infermesh.train.launcher.submit import job_spec
 from infermesh.train.launcher.submit import follow as follow_job
+from infermesh.train.launcher.submit import job_spec
 
 FOLLOW_HELP = "Following ends with the job's code: 0 SUCCEEDED, 1 FAILED, 130 CANCELLED/Ctrl-C."
 app = typer.Typer(
