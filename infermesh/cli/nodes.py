@@ -81,11 +81,12 @@ def show(node: NodeArg, coordinator: CoordinatorOpt = None, json: JsonOpt = Fals
     out = console()
     head = status_text(n.status)
     out.print(f"[bold]{spec.node_id}[/bold] ", head, f" since {ago(n.status_since)}", sep="")
+    rows = []
     if n.status_reason:
-        out.print(f"  reason:     {n.status_reason}", markup=False)
+        rows.append(("reason", n.status_reason))
     if n.admin:
-        out.print(f"  admin:      {n.admin} (undo with `infermesh nodes undrain {spec.node_id}`)")
-    rows = [
+        rows.append(("admin", f"{n.admin} (undo: `infermesh nodes undrain {spec.node_id}`)"))
+    rows += [
         ("host", f"{spec.hostname} ({', '.join(spec.addresses) or 'no address'})"),
         ("cell/rack", f"{spec.cell} / {spec.rack or '-'}"),
         ("slots", f"{n.used_slots} used of {spec.slots}"),

@@ -10,6 +10,7 @@ names the key and the fix.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from pathlib import Path
 from types import NoneType
 from typing import Any, cast, get_args, get_type_hints
@@ -110,7 +111,7 @@ def to_dataclass(
 
 
 def _check_like_defaults(
-    base: dict[str, Any], values: dict[str, Any], overrides: list[str]
+    base: dict[str, Any], values: dict[str, Any], overrides: list[str], skip: Collection[str]
 ) -> None:
     """Reject an override whose value does not have the type of the YAML's default.
 
@@ -125,6 +126,8 @@ def _check_like_defaults(
         if override.is_add() or override.is_force_add() or override.is_delete():
             continue
         key = override.key_or_group
+        if key.split(".")[0] in skip:
+            continue
         default: Any = base
         value: Any = values
         for part in key.split("."):
@@ -143,12 +146,18 @@ def _check_like_defaults(
 
 
 def compose_config(
-    config_dir: str | Path, name: str, overrides: list[str], *, check_types: bool = False
+    config_dir: str | Path,
+    name: str,
+    overrides: list[str],
+    *,
+    check_types: bool = False,
+    typed_sections: Collection[str] = (),
 ) -> dict[str, Any]:
     """``<config_dir>/<name>.yaml`` composed with ``overrides``, resolved, as plain dicts.
 
     With ``check_types`` an override must also keep the type of the value it replaces (see
-    :func:`_check_like_defaults`); without it the owning dataclasses check the values.
+    :func:`_check_like_defaults`), except in ``typed_sections``, whose values the caller
+    checks with their dataclass; without it the owning dataclasses check every value.
     """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -165,5 +174,7 @@ def compose_config(
         except (HydraException, OmegaConfBaseException) as exc:
             raise UsageError(f"bad override: {one_line(exc)}") from None
     if base is not None:
-        _check_like_defaults(cast(dict[str, Any], base), cast(dict[str, Any], values), overrides)
+        _check_like_defaults(
+            cast(dict[str, Any], base), cast(dict[str, Any], values), overrides, typed_sections
+        )
     return cast(dict[str, Any], values)  # a config's top level is a mapping

@@ -120,7 +120,7 @@ def job_from_config(config_dir: str | Path, overrides: list[str]) -> SubmittedJo
     root = root.resolve()
     name, rest = _split(overrides, root)
     source = root / "job" / f"{name}.yaml"
-    values = compose_config(root / "job", name, rest, check_types=True)
+    values = compose_config(root / "job", name, rest, check_types=True, typed_sections=("launch",))
     section = values.get("launch")
     if section is None:
         raise UsageError(
