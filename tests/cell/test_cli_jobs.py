@@ -34,7 +34,10 @@ def pending_job(cell: CellThread, client: CoordinatorClient) -> str:
 
 def add_logs(cell: CellThread, job_id: str, n: int) -> None:
     lines = [
-        pb.LogLine(job_id=job_id, node_id="node-0", rank=i % 2, text=f"line {i}") for i in range(n)
+        pb.LogLine(
+            job_id=job_id, node_id="node-0", rank=i % 2, text=f"[node-0 r{i % 2} l0]: line {i}"
+        )
+        for i in range(n)
     ]
     cell.run(cell.coordinator.jobs.on_logs(lines))
 
@@ -197,15 +200,15 @@ def test_logs_print_kept_lines_and_tail(cell: CellThread, client: CoordinatorCli
     add_logs(cell, job_id, 5)
     r = invoke("jobs", "logs", job_id, "--coordinator", cell.address)
     assert r.code == 0, r.stderr
-    assert r.stdout.splitlines() == [f"[node-0 r{i % 2}] line {i}" for i in range(5)]
+    assert r.stdout.splitlines() == [f"[node-0 r{i % 2} l0]: line {i}" for i in range(5)]
 
     r = invoke("jobs", "logs", job_id, "--tail", "2", "--json", "--coordinator", cell.address)
     import json
 
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert [(x["text"], x["rank"], x["node_id"]) for x in lines] == [
-        ("line 3", 1, "node-0"),
-        ("line 4", 0, "node-0"),
+        ("[node-0 r1 l0]: line 3", 1, "node-0"),
+        ("[node-0 r0 l0]: line 4", 0, "node-0"),
     ]
 
 
@@ -222,7 +225,7 @@ def test_cancel_then_follow_ends_with_the_cancelled_code(
 
     r = invoke("jobs", "logs", job_id, "-f", "--tail", "1", "--coordinator", cell.address)
     assert r.code == 130
-    assert r.stdout.splitlines() == ["[node-0 r0] line 2"]
+    assert r.stdout.splitlines() == ["[node-0 r0 l0]: line 2"]
     assert f"infermesh: {job_id} CANCELLED after" in r.stderr
 
 
