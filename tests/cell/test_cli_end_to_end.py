@@ -41,10 +41,9 @@ def cell_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
     """``infermesh up --agents 2``; yields (coordinator address, a working directory)."""
     work = tmp_path_factory.mktemp("e2e")
     ready = work / "ready"
-    cell_dir = str(work / "cell")
+    up = [INFERMESH, "up", "--agents", "2", "--port", "0", "--state-dir", str(work / "cell")]
     proc = subprocess.Popen(
-        [INFERMESH, "up", "--agents", "2", "--port", "0", "--state-dir", cell_dir]
-        + ["--ready-file", str(ready)],  # noqa: RUF005
+        [*up, "--ready-file", str(ready)],
         cwd=work,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
