@@ -41,8 +41,8 @@ JobArg = Annotated[str, typer.Argument(help="Job id, as `infermesh jobs ls` show
 
 
 def _print_line(line: pb.LogLine) -> None:
-    where = f"{line.node_id} r{line.rank}" if line.rank >= 0 else line.node_id
-    sys.stdout.write(f"[{where}] {line.text}\n" if where else f"{line.text}\n")
+    """The line as its launcher printed it (``[node r0 l0]: ...`` for a worker's)."""
+    sys.stdout.write(f"{line.text}\n")
     sys.stdout.flush()
 
 
