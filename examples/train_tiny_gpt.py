@@ -149,6 +149,7 @@ def parse_job_config(overrides: list[str]) -> JobConfig:
     Raises :class:`UsageError` (one line, naming the key and the fix) for a bad override.
     """
     values = compose_config(CONFIG_DIR, CONFIG_NAME, overrides)
+    values.pop("launch", None)  # how `infermesh jobs submit` runs the job; not read here
     sections = {"model", "data", "trainer"}
     for key in values:
         if key not in sections:

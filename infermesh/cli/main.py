@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 import infermesh
-from infermesh.cli import cell, runs, topo
+from infermesh.cli import cell, jobs, nodes, runs, stats, topo
 from infermesh.cli.sim import sim_app
 
 app = typer.Typer(
@@ -20,6 +20,9 @@ app.add_typer(topo.app)
 app.add_typer(cell.coordinator_app, name="coordinator")
 app.add_typer(cell.agent_app, name="agent")
 app.command("up")(cell.up)
+app.add_typer(nodes.app, name="nodes")
+app.add_typer(jobs.app, name="jobs")
+app.command("stats")(stats.stats)
 
 
 @app.command()

@@ -10,6 +10,7 @@ names the key and the fix.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from pathlib import Path
 from types import NoneType
 from typing import Any, cast, get_args, get_type_hints
@@ -109,18 +110,71 @@ def to_dataclass(
         raise UsageError(one_line(exc)) from None
 
 
-def compose_config(config_dir: str | Path, name: str, overrides: list[str]) -> dict[str, Any]:
-    """``<config_dir>/<name>.yaml`` composed with ``overrides``, resolved, as plain dicts."""
+def _check_like_defaults(
+    base: dict[str, Any], values: dict[str, Any], overrides: list[str], skip: Collection[str]
+) -> None:
+    """Reject an override whose value does not have the type of the YAML's default.
+
+    Used where the dataclasses that own the sections are not importable (``infermesh jobs
+    submit`` checks a job's config before sending it): a default of ``null`` accepts any
+    value, an integer is accepted where the default is a number, and a section cannot be
+    replaced by a scalar.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_add() or override.is_force_add() or override.is_delete():
+            continue
+        key = override.key_or_group
+        if key.split(".")[0] in skip:
+            continue
+        default: Any = base
+        value: Any = values
+        for part in key.split("."):
+            default, value = default[part], value[part]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                first = next(iter(default), "key")
+                raise UsageError(
+                    f"'{key}' is a config section, not a value; override one of its keys, "
+                    f"e.g. {key}.{first}={_yaml(default[first]) if default else 'VALUE'}"
+                )
+            continue
+        if default is None or isinstance(default, list):
+            continue
+        _check_type(key, value, type(default), default)
+
+
+def compose_config(
+    config_dir: str | Path,
+    name: str,
+    overrides: list[str],
+    *,
+    check_types: bool = False,
+    typed_sections: Collection[str] = (),
+) -> dict[str, Any]:
+    """``<config_dir>/<name>.yaml`` composed with ``overrides``, resolved, as plain dicts.
+
+    With ``check_types`` an override must also keep the type of the value it replaces (see
+    :func:`_check_like_defaults`), except in ``typed_sections``, whose values the caller
+    checks with their dataclass; without it the owning dataclasses check every value.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     source = str(Path(config_dir) / f"{name}.yaml")
     with initialize_config_dir(config_dir=str(config_dir), version_base=None, job_name=name):
-        _check_override_keys(compose(name), overrides, source)
+        base_cfg = compose(name)
+        _check_override_keys(base_cfg, overrides, source)
         try:
             cfg = compose(name, overrides=overrides)
             values = OmegaConf.to_container(cfg, resolve=True)
+            base = OmegaConf.to_container(base_cfg, resolve=True) if check_types else None
         except (HydraException, OmegaConfBaseException) as exc:
             raise UsageError(f"bad override: {one_line(exc)}") from None
+    if base is not None:
+        _check_like_defaults(
+            cast(dict[str, Any], base), cast(dict[str, Any], values), overrides, typed_sections
+        )
     return cast(dict[str, Any], values)  # a config's top level is a mapping

@@ -20,7 +20,9 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from infermesh.client.coordinator import (
     CoordinatorClient,
@@ -94,27 +96,40 @@ def submit(opts: LaunchOptions, nproc: int, coordinator: str) -> int:
         return follow(client, job.job_id)
 
 
-def follow(client: CoordinatorClient, job_id: str) -> int:
-    """Print the job's log lines until it ends; Ctrl-C cancels it.
+def follow(
+    client: CoordinatorClient,
+    job_id: str,
+    *,
+    tail: int = 0,
+    cancel_on_interrupt: bool = True,
+    prog: str = "infermesh-run",
+    write: Callable[[pb.LogLine], None] | None = None,
+    summary: TextIO | None = None,
+) -> int:
+    """Print the job's log lines until it ends and return its exit code (:data:`EXIT_CODES`).
 
-    A coordinator restart does not end the job: the stream is resumed after the last line
-    printed, for up to :data:`RECONNECT_S` seconds of unavailability.
+    A coordinator restart does not end the job: the stream resumes after the last line shown,
+    for up to :data:`RECONNECT_S` seconds of unavailability. ``tail`` > 0 starts with only the last ``tail`` lines kept so far. Ctrl-C cancels the job
+    (``cancel_on_interrupt``) or only stops following; both return 130. ``write`` prints one
+    line (default: its text on stdout); the closing summary goes to ``summary`` (stdout).
     """
-    started = time.monotonic()
+    out = summary or sys.stdout
     after, down_since = 0, 0.0
+    show = write or (lambda line: print(line.text, flush=True))
     try:
         while True:
             try:
-                for line in client.job_logs(job_id, follow=True, after_seq=after):
-                    print(line.text, flush=True)
+                for line in client.job_logs(job_id, follow=True, after_seq=after, tail=tail):
+                    show(line)
                     after = line.seq
+                tail = 0
                 job = client.get_job(job_id).job
                 down_since = 0.0
             except CoordinatorUnavailable as error:
                 now = time.monotonic()
                 if not down_since:
                     down_since = now
-                    print(f"infermesh-run: {error}; reconnecting", file=sys.stderr, flush=True)
+                    print(f"{prog}: {error}; reconnecting", file=sys.stderr, flush=True)
                 if now - down_since > RECONNECT_S:
                     raise
                 time.sleep(1.0)
@@ -122,15 +137,24 @@ def follow(client: CoordinatorClient, job_id: str) -> int:
             if job.status in EXIT_CODES:
                 break
     except KeyboardInterrupt:
-        print(f"\ninfermesh-run: cancelling {job_id}", file=sys.stderr, flush=True)
-        client.cancel_job(job_id)
+        if cancel_on_interrupt:
+            print(f"\n{prog}: cancelling {job_id}", file=sys.stderr, flush=True)
+            client.cancel_job(job_id)
+        else:
+            print(
+                f"\n{prog}: stopped following {job_id}; it goes on "
+                f"(`infermesh jobs logs {job_id} -f` follows it again)",
+                file=sys.stderr,
+                flush=True,
+            )
         return EXIT_CODES["CANCELLED"]
-    took = time.monotonic() - started
+    took = max(0.0, job.updated_at - job.created_at)
     detail = f": {job.message}" if job.message else ""
     print(
-        f"infermesh-run: {job.job_id} {job.status} after {took:.1f} s on "
+        f"{prog}: {job.job_id} {job.status} after {took:.1f} s on "
         f"{len(job.nodes)} node(s), world size {job.world_size}, step {job.step}, "
         f"{job.restarts} restart(s){detail}",
+        file=out,
         flush=True,
     )
     return EXIT_CODES[job.status]
