@@ -250,6 +250,7 @@ class NodeAgent:
             return
         spec = assignment.spec
         run = JobRun(assignment=assignment, run_dir=self.workdir / "runs")
+        _set_aside(run.run_dir / assignment.job_id)
         nmax = spec.nodes_max or 1024
         cmd = [
             *launcher_command(),
@@ -345,6 +346,12 @@ class NodeAgent:
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self._stop_job(j) for j in list(self.jobs)))
+
+
+def _set_aside(path: Path) -> None:
+    """Move an older run directory with the same job id (another cell's) out of the way."""
+    if path.exists():
+        path.rename(path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}"))
 
 
 def _entrypoint(entrypoint: str) -> list[str]:

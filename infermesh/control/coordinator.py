@@ -87,16 +87,10 @@ class Coordinator:
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(self), self.server)
         try:
             bound = self.server.add_insecure_port(f"{self.host}:{self.port}")
-        except RuntimeError as error:
-            raise PortInUse(
-                f"coordinator cannot listen on {self.address} ({error}); choose another --port "
-                "or stop the process that holds it"
-            ) from None
+        except RuntimeError:
+            bound = 0
         if bound == 0:
-            raise PortInUse(
-                f"coordinator cannot listen on {self.address}; choose another --port or stop "
-                "the process that holds it"
-            )
+            raise PortInUse(self.port, "--port", self.host)
         self.port = bound
         await self.server.start()
         self._tasks.append(asyncio.create_task(self.membership.run_monitor(self._stop)))

@@ -180,15 +180,15 @@ class JobManager:
 
     async def submit(self, spec: pb.JobSpec, *, dry_run: bool = False) -> tuple[pb.Job, str]:
         validate_job_spec(spec)
-        self._next_id += 1
         name = spec.name or "job"
-        job = pb.Job(job_id=f"{name}-{self._next_id}", spec=spec, status=JobStatus.PENDING.value)
+        job_id = f"{name}-{self._next_id + 1}"
+        job = pb.Job(job_id=job_id, spec=spec, status=JobStatus.PENDING.value)
         job.created_at = job.updated_at = time.time()
         if dry_run:
-            self._next_id -= 1
             placement, nodes = self._plan(job)
             return job, format_placement(placement, nodes)
         self._feasible(job)
+        self._next_id += 1
         self.jobs[job.job_id] = job
         self.reports[job.job_id] = {}
         self.logs[job.job_id] = deque(maxlen=MAX_LOG_LINES)

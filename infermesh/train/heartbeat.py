@@ -12,6 +12,7 @@ Without the variable (plain ``torchrun``, ``python train.py``) :func:`heartbeat`
 
 from __future__ import annotations
 
+import atexit
 import os
 import time
 
@@ -28,6 +29,8 @@ class _Beat:
         self.path: str | None = None
         self.fd: int | None = None
         self.last = 0.0
+        self.pending: int | None = None
+        self.flush_registered = False
 
     def reset_if_moved(self) -> None:
         path = os.environ.get(HEARTBEAT_ENV) or None
@@ -50,7 +53,24 @@ def heartbeat(step: int | None = None) -> None:
         return
     now = time.monotonic()
     if now - _beat.last < _MIN_INTERVAL_S:
+        if not _beat.flush_registered:
+            atexit.register(_flush)
+            _beat.flush_registered = True
+        _beat.pending = step
         return
     _beat.last = now
+    _beat.pending = None
+    _write(step)
+
+
+def _write(step: int | None) -> None:
+    assert _beat.fd is not None
     record = f"{-1 if step is None else step} {time.time():.3f}\n".encode()
     os.pwrite(_beat.fd, record.ljust(32), 0)
+
+
+def _flush() -> None:
+    """At exit: write the last step a throttled call skipped (the final step is not lost)."""
+    if _beat.fd is not None and _beat.pending is not None:
+        _write(_beat.pending)
+        _beat.pending = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -108,45 +107,42 @@ def test_bad_input_gets_a_one_line_error_exit_2_and_starts_nothing(
     assert not (tmp_path / "runs").exists()
 
 
-def test_nnodes_auto_without_a_coordinator_means_this_machine(tmp_path: Path, caplog):
-    s = tmp_path / "train.py"
-    s.write_text("")
-    opts = parse_options(["--nnodes", "auto", "--coordinator", "127.0.0.1:1", str(s)])
-    with caplog.at_level(logging.INFO, logger="infermesh"):
-        launcher_main._resolve_rendezvous(opts)
-    assert opts.standalone and opts.rdzv_backend == "c10d"
-    assert (opts.min_nodes, opts.max_nodes) == (1, 1)
-    lines = [r.getMessage() for r in caplog.records if "--nnodes auto" in r.getMessage()]
-    assert lines == [
-        "--nnodes auto: no coordinator reachable at 127.0.0.1:1; "
-        "running on this machine only (1 node)"
-    ]
-
-
 def test_usage_error_is_a_value_error():
     assert issubclass(UsageError, ValueError)
 
 
-def test_nnodes_auto_with_a_live_coordinator_address_is_refused_until_the_client_exists(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["--nnodes", "auto"], None, (True, None)),  # embedded local cell
+        (["--nnodes", "auto"], "10.0.0.5", (True, "10.0.0.5:7600")),
+        (["--nnodes", "2:4", "--coordinator", "coord:7601"], None, (True, "coord:7601")),
+        (["--nnodes", "2"], "coord", (True, "coord:7600")),
+        (["--nnodes", "2"], None, (False, None)),  # plain torchrun behaviour
+        (["--standalone", "--nnodes", "auto"], "coord", (False, None)),
+        (
+            ["--nnodes", "2", "--rdzv-backend", "infermesh", "--rdzv-endpoint", "coord:7600"],
+            "coord",
+            (False, None),  # per-node mode: this process is one node of the job
+        ),
+    ],
+)
+def test_submit_mode_is_chosen_by_coordinator_and_nnodes(
+    tmp_path: Path, monkeypatch, argv, env, expected
 ):
-    import socket
-
     s = tmp_path / "train.py"
     s.write_text("")
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        addr = f"127.0.0.1:{listener.getsockname()[1]}"
-        opts = parse_options(["--nnodes", "auto", "--coordinator", addr, str(s)])
-        with pytest.raises(UsageError, match="no coordinator client yet"):
-            launcher_main._resolve_rendezvous(opts)
+    if env is None:
+        monkeypatch.delenv("INFERMESH_COORDINATOR", raising=False)
+    else:
+        monkeypatch.setenv("INFERMESH_COORDINATOR", env)
+    assert launcher_main.submit_target(parse_options([*argv, str(s)])) == expected
 
 
-def test_coordinator_without_nnodes_auto_is_reported_as_unused(tmp_path: Path, caplog):
+def test_bad_coordinator_address_is_a_usage_error(tmp_path: Path, monkeypatch):
     s = tmp_path / "train.py"
     s.write_text("")
-    opts = parse_options(["--coordinator", "127.0.0.1:1", str(s)])
-    with caplog.at_level(logging.WARNING, logger="infermesh"):
-        launcher_main._resolve_rendezvous(opts)
-    assert "--coordinator is used only with --nnodes auto; ignoring it" in caplog.text
+    monkeypatch.delenv("INFERMESH_COORDINATOR", raising=False)
+    opts = parse_options(["--nnodes", "auto", "--coordinator", "coord:http", str(s)])
+    with pytest.raises(UsageError, match="port 'http' is not a number"):
+        launcher_main.submit_target(opts)

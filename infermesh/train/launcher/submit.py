@@ -109,9 +109,10 @@ def follow(
     """Print the job's log lines until it ends and return its exit code (:data:`EXIT_CODES`).
 
     A coordinator restart does not end the job: the stream resumes after the last line shown,
-    for up to :data:`RECONNECT_S` seconds of unavailability. ``tail`` > 0 starts with only the last ``tail`` lines kept so far. Ctrl-C cancels the job
-    (``cancel_on_interrupt``) or only stops following; both return 130. ``write`` prints one
-    line (default: its text on stdout); the closing summary goes to ``summary`` (stdout).
+    for up to :data:`RECONNECT_S` seconds of unavailability. ``tail`` > 0 starts with only
+    the last ``tail`` lines kept so far. Ctrl-C cancels the job (``cancel_on_interrupt``) or
+    only stops following; both return 130. ``write`` prints one line (default: its text on
+    stdout); the closing summary goes to ``summary`` (stdout).
     """
     out = summary or sys.stdout
     after, down_since = 0, 0.0
