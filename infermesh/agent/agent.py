@@ -118,6 +118,7 @@ class NodeAgent:
         labels: dict[str, str] | None = None,
         addr: str | None = None,
         telemetry: Telemetry | None = None,
+        endpoints: list[pb.ServingEndpoint] | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.node_id = node_id or socket.gethostname()
@@ -127,6 +128,7 @@ class NodeAgent:
         self.labels = dict(labels or {})
         self.addr = addr or _default_addr()
         self.telemetry = telemetry
+        self.endpoints = list(endpoints or [])
         self.epoch = 0
         self.interval_s = 1.0
         self.slots = slots
@@ -226,10 +228,16 @@ class NodeAgent:
         while not self._stop.is_set() and not fenced.is_set():
             self.seq += 1
             beat = pb.AgentHeartbeat(
-                node_id=self.node_id, epoch=self.epoch, seq=self.seq, sent_at=time.time()
+                node_id=self.node_id,
+                epoch=self.epoch,
+                seq=self.seq,
+                sent_at=time.time(),
+                endpoints=self.endpoints,
             )
             if self.telemetry is not None:
-                beat.telemetry.CopyFrom(self.telemetry.collect(time.time()))
+                # collectors may block (HTTP scrapes of model servers): keep the loop free
+                batch = await asyncio.to_thread(self.telemetry.collect, time.time())
+                beat.telemetry.CopyFrom(batch)
             for run in list(self.jobs.values()):
                 beat.jobs.append(run.report())
                 if run.state != "running":

@@ -9,9 +9,11 @@ once on machines without a driver). ``--fake-gpus N`` swaps NVML for the scripte
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from infermesh.client.generated import coordinator_pb2 as pb
 from infermesh.signal.api import Collector, NodeInventory, create_collector, default_collectors
+from infermesh.signal.runtime import RUNTIMES
 
 logger = logging.getLogger(__name__)
 
@@ -23,12 +25,30 @@ class Telemetry:
         self.collectors = collectors
 
     @classmethod
-    def for_node(cls, fake_gpus: int = 0, **fake_options: object) -> Telemetry:
+    def for_node(
+        cls,
+        fake_gpus: int = 0,
+        endpoints: Sequence[pb.ServingEndpoint] = (),
+        **fake_options: object,
+    ) -> Telemetry:
+        """Host + NVML (or ``fake_gpus`` scripted GPUs), plus a /metrics scrape per endpoint."""
         if fake_gpus > 0:
             logger.warning("reporting %d FAKE GPUs (scripted NVML); not for production", fake_gpus)
             fake = create_collector("fake_nvml", gpus=fake_gpus, **fake_options)
-            return cls([create_collector("host"), fake])
-        return cls(default_collectors())
+            collectors = [create_collector("host"), fake]
+        else:
+            collectors = default_collectors()
+        for endpoint in endpoints:
+            kind = endpoint.kind if endpoint.kind in RUNTIMES else "auto"
+            collectors.append(
+                create_collector(
+                    "runtime",
+                    url=f"{endpoint.url}/metrics",
+                    kind=kind,
+                    model=endpoint.model or None,
+                )
+            )
+        return cls(collectors)
 
     def inventory(self) -> tuple[list[pb.Gpu], str]:
         gpus: list[pb.Gpu] = []

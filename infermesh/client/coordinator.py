@@ -208,6 +208,10 @@ class CoordinatorClient:
         request = pb.ListEventsRequest(subject=subject, limit=limit)
         return list(self.call("ListEvents", request).events)
 
+    def list_endpoints(self, kind: str = "") -> list[pb.ServingEndpoint]:
+        """Model servers on ALIVE nodes of the cell (what a router routes to)."""
+        return list(self.call("ListEndpoints", pb.ListEndpointsRequest(kind=kind)).endpoints)
+
     def stats(self) -> pb.StatsResponse:
         return self.call("Stats", pb.StatsRequest())
 

@@ -79,6 +79,8 @@ class Coordinator:
         )
         self.jobs = JobManager(self.records, self.membership)
         self.signals = SignalTable()
+        self.endpoints: dict[str, list[pb.ServingEndpoint]] = {}
+        """Model servers per node, as the node's last heartbeat declared them."""
         self._telemetry = TELEMETRY.labels(cell=self.cell)
         await self.records.load_events()
         await self.membership.load()
@@ -115,6 +117,7 @@ class Coordinator:
 
     # -- heartbeat payload -----------------------------------------------------------------
     async def on_heartbeat(self, entry: NodeEntry, beat: pb.AgentHeartbeat) -> None:
+        self.endpoints[entry.node_id] = list(beat.endpoints)
         t = beat.telemetry
         if t.name:
             try:
@@ -171,6 +174,24 @@ class Coordinator:
                 )
             detail.stale.extend(f"{s.name}{{{s.labels}}}" for s in view.stale)
         return detail
+
+    def serving_endpoints(self, kind: str = "") -> list[pb.ServingEndpoint]:
+        """Model servers on nodes that take work (ALIVE), with their node's status and health."""
+        out: list[pb.ServingEndpoint] = []
+        for node_id, endpoints in sorted(self.endpoints.items()):
+            entry = self.membership.get(node_id)
+            if entry is None or entry.shown_status() is not NodeStatus.ALIVE:
+                continue
+            for endpoint in endpoints:
+                if kind and endpoint.kind != kind:
+                    continue
+                item = pb.ServingEndpoint()
+                item.CopyFrom(endpoint)
+                item.node_id = node_id
+                item.node_status = entry.node.status
+                item.health = entry.node.health
+                out.append(item)
+        return out
 
     async def events(self, *, subject: str = "", limit: int = 100) -> list[pb.Event]:
         events = list(self.records.events)

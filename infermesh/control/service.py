@@ -223,6 +223,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         response.jobs_by_status.update(Counter(j.status for j in self.jobs.jobs.values()))
         return response
 
+    @rpc
+    async def ListEndpoints(
+        self, request: pb.ListEndpointsRequest, context: Any
+    ) -> pb.ListEndpointsResponse:
+        return pb.ListEndpointsResponse(endpoints=self.c.serving_endpoints(request.kind))
+
     # -- rendezvous ------------------------------------------------------------------------
     @rpc
     async def RendezvousJoin(self, request: pb.JoinRequest, context: Any) -> pb.JoinResponse:

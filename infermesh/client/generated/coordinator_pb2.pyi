@@ -171,8 +171,24 @@ class LogBatch(_message.Message):
     lines: _containers.RepeatedCompositeFieldContainer[LogLine]
     def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
 
+class ServingEndpoint(_message.Message):
+    __slots__ = ("url", "kind", "model", "node_id", "node_status", "health")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    kind: str
+    model: str
+    node_id: str
+    node_status: str
+    health: str
+    def __init__(self, url: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., node_id: _Optional[str] = ..., node_status: _Optional[str] = ..., health: _Optional[str] = ...) -> None: ...
+
 class AgentHeartbeat(_message.Message):
-    __slots__ = ("node_id", "epoch", "seq", "sent_at", "telemetry", "jobs", "logs")
+    __slots__ = ("node_id", "epoch", "seq", "sent_at", "telemetry", "jobs", "logs", "endpoints")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +196,7 @@ class AgentHeartbeat(_message.Message):
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     epoch: int
     seq: int
@@ -187,7 +204,8 @@ class AgentHeartbeat(_message.Message):
     telemetry: TelemetryBatch
     jobs: _containers.RepeatedCompositeFieldContainer[JobReport]
     logs: _containers.RepeatedCompositeFieldContainer[LogLine]
-    def __init__(self, node_id: _Optional[str] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., jobs: _Optional[_Iterable[_Union[JobReport, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
+    endpoints: _containers.RepeatedCompositeFieldContainer[ServingEndpoint]
+    def __init__(self, node_id: _Optional[str] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., jobs: _Optional[_Iterable[_Union[JobReport, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[ServingEndpoint, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("job_id", "spec", "rdzv_endpoint")
@@ -400,6 +418,18 @@ class ListEventsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[Event]
     def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class ListEndpointsRequest(_message.Message):
+    __slots__ = ("kind",)
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    def __init__(self, kind: _Optional[str] = ...) -> None: ...
+
+class ListEndpointsResponse(_message.Message):
+    __slots__ = ("endpoints",)
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    endpoints: _containers.RepeatedCompositeFieldContainer[ServingEndpoint]
+    def __init__(self, endpoints: _Optional[_Iterable[_Union[ServingEndpoint, _Mapping]]] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ()

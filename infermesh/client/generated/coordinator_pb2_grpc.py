@@ -94,6 +94,11 @@ class CoordinatorStub:
                 request_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.StatsRequest.SerializeToString,
                 response_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.ListEndpoints = channel.unary_unary(
+                '/infermesh.v1.Coordinator/ListEndpoints',
+                request_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListEndpointsRequest.SerializeToString,
+                response_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListEndpointsResponse.FromString,
+                _registered_method=True)
         self.RendezvousJoin = channel.unary_unary(
                 '/infermesh.v1.Coordinator/RendezvousJoin',
                 request_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.JoinRequest.SerializeToString,
@@ -186,6 +191,12 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEndpoints(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RendezvousJoin(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -266,6 +277,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.StatsRequest.FromString,
                     response_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.StatsResponse.SerializeToString,
+            ),
+            'ListEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEndpoints,
+                    request_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListEndpointsRequest.FromString,
+                    response_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListEndpointsResponse.SerializeToString,
             ),
             'RendezvousJoin': grpc.unary_unary_rpc_method_handler(
                     servicer.RendezvousJoin,
@@ -607,6 +623,33 @@ class Coordinator:
             '/infermesh.v1.Coordinator/Stats',
             infermesh_dot_client_dot_generated_dot_coordinator__pb2.StatsRequest.SerializeToString,
             infermesh_dot_client_dot_generated_dot_coordinator__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/infermesh.v1.Coordinator/ListEndpoints',
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListEndpointsRequest.SerializeToString,
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListEndpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,
