@@ -32,10 +32,20 @@ def fetch(url: str, timeout_s: float) -> str:
 
 
 def flatten(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
-    """Every sample of ``text`` as ``(sample name, labels, value)``."""
+    """Every sample of ``text`` as ``(sample name, labels, value)``.
+
+    Counters are yielded under their family name, without ``_total`` (exporters differ on
+    writing it; the parser adds it where missing) and without ``_created`` samples.
+    """
     for family in text_string_to_metric_families(text):
+        counter = family.type == "counter"
         for s in family.samples:
-            yield s.name, s.labels, float(s.value)
+            if counter:
+                if s.name.endswith("_created"):
+                    continue
+                yield family.name, s.labels, float(s.value)
+            else:
+                yield s.name, s.labels, float(s.value)
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:

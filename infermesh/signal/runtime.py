@@ -31,7 +31,8 @@ class RuntimeMap:
     """A prefix only this runtime's metric names have (used by ``kind="auto"``)."""
     model_label: str
     values: dict[str, tuple[str, float]] = field(default_factory=dict)
-    """Runtime sample name -> (our signal, scale); summed per model."""
+    """Runtime sample name (counters without ``_total``) -> (our signal, scale); summed
+    per model."""
     ttft: str = ""
     """Histogram base name of time to first token (seconds)."""
     queue_hist: str = ""
@@ -48,9 +49,9 @@ _VLLM = RuntimeMap(
         "vllm:num_requests_waiting": ("runtime.requests_waiting", 1.0),
         "vllm:kv_cache_usage_perc": ("runtime.kv_cache_usage", 1.0),
         "vllm:gpu_cache_usage_perc": ("runtime.kv_cache_usage", 1.0),  # vLLM v0 name
-        "vllm:prefix_cache_hits_total": ("runtime.prefix_cache_hits", 1.0),
-        "vllm:prefix_cache_queries_total": ("runtime.prefix_cache_queries", 1.0),
-        "vllm:request_success_total": ("runtime.requests_total", 1.0),
+        "vllm:prefix_cache_hits": ("runtime.prefix_cache_hits", 1.0),
+        "vllm:prefix_cache_queries": ("runtime.prefix_cache_queries", 1.0),
+        "vllm:request_success": ("runtime.requests_total", 1.0),
     },
     ttft="vllm:time_to_first_token_seconds",
 )
@@ -66,7 +67,7 @@ RUNTIMES: dict[str, RuntimeMap] = {
             "sglang:num_queue_reqs": ("runtime.requests_waiting", 1.0),
             "sglang:token_usage": ("runtime.kv_cache_usage", 1.0),
             "sglang:cache_hit_rate": ("runtime.prefix_cache_hit_rate", 1.0),
-            "sglang:num_requests_total": ("runtime.requests_total", 1.0),
+            "sglang:num_requests": ("runtime.requests_total", 1.0),
         },
         ttft="sglang:time_to_first_token_seconds",
     ),
@@ -76,7 +77,6 @@ RUNTIMES: dict[str, RuntimeMap] = {
         values={
             "tgi_batch_current_size": ("runtime.requests_running", 1.0),
             "tgi_queue_size": ("runtime.requests_waiting", 1.0),
-            "tgi_request_success_total": ("runtime.requests_total", 1.0),
             "tgi_request_success": ("runtime.requests_total", 1.0),
         },
         queue_hist="tgi_request_queue_duration",
@@ -86,7 +86,6 @@ RUNTIMES: dict[str, RuntimeMap] = {
         model_label="model",
         values={
             "nv_inference_pending_request_count": ("runtime.requests_waiting", 1.0),
-            "nv_inference_request_success_total": ("runtime.requests_total", 1.0),
             "nv_inference_request_success": ("runtime.requests_total", 1.0),
         },
         queue_counter=("nv_inference_queue_duration_us", "nv_inference_request_success", 1e-6),
@@ -168,9 +167,9 @@ class RuntimeCollector(Collector):
                     hsum[(base, model)][0] += value
                 elif metric.endswith("_count"):
                     hsum[(base, model)][1] += value
-            if qc_time and metric in (qc_time, qc_time + "_total"):
+            if qc_time and metric == qc_time:
                 hsum[(qc_time, model)][0] += value * qc_scale
-            if qc_count and metric in (qc_count, qc_count + "_total"):
+            if qc_count and metric == qc_count:
                 hsum[(qc_time, model)][1] += value
         out = [
             Sample(name, value, now, format_labels(model=model))
