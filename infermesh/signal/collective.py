@@ -3,8 +3,9 @@
 Inside a worker, :class:`CollectiveSender` batches one :class:`CollectiveRecord` per timed
 collective (the :class:`~infermesh.train.hooks.MeshHook` adds them when the environment
 variable :data:`IPC_ENV` names the agent's endpoint) and pushes a :class:`CollectiveMessage`
-per step. Sending never blocks training: when the agent is slow or absent, messages beyond
-the socket's high-water mark are dropped and counted (the count rides on the next message).
+per step. Sending never blocks training: messages wait in the socket's queue while the
+agent is slow or not there yet; beyond its high-water mark (``hwm`` messages) they are
+dropped and counted (the count rides on the next message that gets through).
 
 In the agent, :class:`CollectiveReceiver` binds the endpoint and :class:`CollectiveCollector`
 turns what arrived since the last collection into samples: cumulative bytes, seconds and
@@ -144,7 +145,6 @@ class CollectiveSender:
         self._sock = zmq.Context.instance().socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
         self._sock.setsockopt(zmq.LINGER, 200)
-        self._sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing before the agent is there
         try:
             self._sock.connect(endpoint)
         except zmq.ZMQError as exc:
