@@ -65,4 +65,3 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | 
             return prev_bound + (bound - prev_bound) * frac
         prev_bound, prev_count = bound, count
     return prev_bound
-

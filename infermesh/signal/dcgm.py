@@ -86,7 +86,9 @@ class DcgmCollector(Collector):
             text = self._text()
         except OSError as exc:
             if not self._failing:
-                logger.warning("dcgm: scraping %s failed: %s (reported as dcgm.up=0)", self.url, exc)
+                logger.warning(
+                    "dcgm: scraping %s failed: %s (reported as dcgm.up=0)", self.url, exc
+                )
             self._failing = True
             return [Sample("dcgm.up", 0.0, now)]
         if self._failing:

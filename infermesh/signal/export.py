@@ -107,40 +107,40 @@ EXPORTED: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
 
 _HEALTH_CODE = {Health.OK: 0.0, Health.DEGRADED: 1.0, Health.QUARANTINE: 2.0}
 
+_GAUGES: dict[str, Gauge] = {
+    signal: metrics.gauge(metric, doc, labels)
+    for signal, (metric, doc, labels, _) in EXPORTED.items()
+}
+_HEALTH = metrics.gauge(
+    "infermesh_node_health", "Derived node health: 0 ok, 1 degraded, 2 quarantine.", ("node",)
+)
+_AGE = metrics.gauge(
+    "infermesh_node_signal_age_seconds",
+    "Age of the newest signal received from the node.",
+    ("node",),
+)
+_STALE = metrics.gauge(
+    "infermesh_node_stale_signals",
+    "Series of the node older than the exporter's max age.",
+    ("node",),
+)
+_NVLINK_DOWN = metrics.gauge(
+    "infermesh_gpu_nvlink_down", "NVLink lanes of a GPU reported down.", ("node", "gpu")
+)
+_XIDS = metrics.gauge(
+    "infermesh_gpu_xid_events",
+    "XID events held for the node since the last clear, by GPU.",
+    ("node", "gpu"),
+)
+
 
 class SignalExporter:
     """Keeps the node gauges of one process in step with the views it is given."""
 
     def __init__(self) -> None:
-        self._gauges: dict[str, Gauge] = {
-            signal: metrics.gauge(metric, doc, labels)
-            for signal, (metric, doc, labels, _) in EXPORTED.items()
-        }
-        self.health = metrics.gauge(
-            "infermesh_node_health",
-            "Derived node health: 0 ok, 1 degraded, 2 quarantine.",
-            ("node",),
-        )
-        self.age = metrics.gauge(
-            "infermesh_node_signal_age_seconds",
-            "Age of the newest signal received from the node.",
-            ("node",),
-        )
-        self.stale = metrics.gauge(
-            "infermesh_node_stale_signals",
-            "Series of the node older than the exporter's max age.",
-            ("node",),
-        )
-        self.nvlink_down = metrics.gauge(
-            "infermesh_gpu_nvlink_down",
-            "NVLink lanes of a GPU reported down.",
-            ("node", "gpu"),
-        )
-        self.xids = metrics.gauge(
-            "infermesh_gpu_xid_events",
-            "XID events held for the node since the last clear, by GPU.",
-            ("node", "gpu"),
-        )
+        self._gauges = _GAUGES
+        self.health, self.age, self.stale = _HEALTH, _AGE, _STALE
+        self.nvlink_down, self.xids = _NVLINK_DOWN, _XIDS
         self._children: dict[str, set[tuple[Gauge, tuple[str, ...]]]] = defaultdict(set)
 
     def export(self, view: NodeView, xids: list[tuple[float, str, int]] | None = None) -> None:

@@ -96,9 +96,7 @@ class UnknownNode(UsageError):
 
     def __init__(self, node_id: str, known: Sequence[str]) -> None:
         shown = ", ".join(sorted(known)[:10]) or "none yet"
-        super().__init__(
-            f"no telemetry from node {node_id!r}; nodes with telemetry: {shown}"
-        )
+        super().__init__(f"no telemetry from node {node_id!r}; nodes with telemetry: {shown}")
 
 
 class _Series:
@@ -354,9 +352,7 @@ class SignalTable:
         return n - late
 
     def ingest_batch(self, node_id: str, batch: SampleBatch, received_at: float) -> int:
-        return self.ingest(
-            node_id, batch.names, batch.values, batch.ts, batch.labels, received_at
-        )
+        return self.ingest(node_id, batch.names, batch.values, batch.ts, batch.labels, received_at)
 
     def _get(self, node_id: str) -> NodeState:
         state = self.nodes.get(node_id)

@@ -60,9 +60,7 @@ _TABLE = [
     _spec("gpu.pcie_tx_bytes_per_s", GAUGE, "bytes/s", "gpu", "PCIe transmit throughput."),
     _spec("gpu.pcie_rx_bytes_per_s", GAUGE, "bytes/s", "gpu", "PCIe receive throughput."),
     _spec("gpu.nvlink_up", GAUGE, "0/1", "gpu,nvlink", "State of one NVLink lane."),
-    _spec(
-        "gpu.nvlink_tx_bytes", COUNTER, "bytes", "gpu", "NVLink data transmitted (all lanes)."
-    ),
+    _spec("gpu.nvlink_tx_bytes", COUNTER, "bytes", "gpu", "NVLink data transmitted (all lanes)."),
     _spec("gpu.nvlink_rx_bytes", COUNTER, "bytes", "gpu", "NVLink data received (all lanes)."),
     _spec("gpu.mig_enabled", GAUGE, "0/1", "gpu", "1 if MIG mode is on."),
     _spec("gpu.mig_instances", GAUGE, "count", "gpu", "MIG devices present on the GPU."),
@@ -86,9 +84,7 @@ _TABLE = [
     _spec("runtime.requests_running", GAUGE, "requests", "model", "Requests being decoded."),
     _spec("runtime.requests_waiting", GAUGE, "requests", "model", "Requests queued."),
     _spec("runtime.kv_cache_usage", GAUGE, "ratio", "model", "KV-cache fraction in use."),
-    _spec(
-        "runtime.prefix_cache_hits", COUNTER, "tokens", "model", "Prefix-cache hits (tokens)."
-    ),
+    _spec("runtime.prefix_cache_hits", COUNTER, "tokens", "model", "Prefix-cache hits (tokens)."),
     _spec(
         "runtime.prefix_cache_queries",
         COUNTER,

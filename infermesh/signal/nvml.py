@@ -338,9 +338,7 @@ class NvmlCollector(Collector):
         tx = self._call(i, "pcie", "nvmlDeviceGetPcieThroughput", h, nv.NVML_PCIE_UTIL_TX_BYTES)
         if tx is not None:
             add(Sample("gpu.pcie_tx_bytes_per_s", tx * 1024.0, now, lab))
-            rx = self._call(
-                i, "pcie", "nvmlDeviceGetPcieThroughput", h, nv.NVML_PCIE_UTIL_RX_BYTES
-            )
+            rx = self._call(i, "pcie", "nvmlDeviceGetPcieThroughput", h, nv.NVML_PCIE_UTIL_RX_BYTES)
             if rx is not None:
                 add(Sample("gpu.pcie_rx_bytes_per_s", rx * 1024.0, now, lab))
         lanes = self._lanes[i]
@@ -359,7 +357,10 @@ class NvmlCollector(Collector):
 
     def _nvlink_bytes(self, i: int, now: float, out: list[Sample]) -> None:
         nv = self._nvml
-        tx_id, rx_id = nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX
+        tx_id, rx_id = (
+            nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+            nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
+        )
         fields = [(f, lane) for lane in self._lanes[i] for f in (tx_id, rx_id)]
         values = self._call(i, "nvlink_bytes", "nvmlDeviceGetFieldValues", self._handles[i], fields)
         if values is None:
