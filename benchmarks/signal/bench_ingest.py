@@ -19,7 +19,9 @@ import time
 from infermesh.signal import SignalTable, create_collector
 
 
-def make_batches(nodes: int, seconds: int, batch: int) -> list[tuple[str, list, list, list, list, float]]:
+def make_batches(
+    nodes: int, seconds: int, batch: int
+) -> list[tuple[str, list, list, list, list, float]]:
     host = create_collector("host")
     nvml = create_collector("fake_nvml", gpus=8)
     try:

@@ -142,7 +142,7 @@ class CollectiveSender:
         self.dropped = 0
         self.sent = 0
         self._unreported = 0
-        self._sock = zmq.Context.instance().socket(zmq.PUSH)
+        self._sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
         self._sock.setsockopt(zmq.LINGER, 200)
         try:
@@ -195,7 +195,7 @@ class CollectiveReceiver:
     """Agent side: binds ``endpoint`` (``ipc://path`` or ``tcp://127.0.0.1:*``) and reads."""
 
     def __init__(self, endpoint: str, *, hwm: int = 10_000) -> None:
-        self._sock = zmq.Context.instance().socket(zmq.PULL)
+        self._sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PULL)
         self._sock.setsockopt(zmq.RCVHWM, hwm)
         self._sock.setsockopt(zmq.LINGER, 0)
         try:

@@ -181,7 +181,7 @@ class SignalExporter:
 
     def export_table(self, table: SignalTable, now: float, max_age_s: float) -> None:
         """Export every node of ``table`` as of ``now``."""
-        for node_id, state in table.nodes.items():
+        for state in table.nodes.values():
             self.export(state.view(max_age_s, now), state.xids)
 
     def forget(self, node: str) -> None:

@@ -38,6 +38,18 @@ __all__ = [
 Script = float | Sequence[float]
 
 
+def _replay(gpu: FakeGpu | FakeDcgmGpu, what: str) -> float:
+    """The next value of ``gpu``'s script ``what`` (the last one is held)."""
+    script: Script = getattr(gpu, what)
+    n = gpu._reads.get(what, 0)
+    gpu._reads[what] = n + 1
+    if isinstance(script, int | float):
+        return float(script)
+    if not script:
+        raise UsageError(f"fake GPU {gpu.index}: script {what!r} is empty")
+    return float(script[min(n, len(script) - 1)])
+
+
 def _error(name: str) -> Exception:
     cls = getattr(pynvml, name)
     err: Exception = cls()
@@ -81,14 +93,7 @@ class FakeGpu:
         return f"00000000:{0x18 + self.index:02X}:00.0"
 
     def read(self, what: str) -> float:
-        script: Script = getattr(self, what)
-        n = self._reads.get(what, 0)
-        self._reads[what] = n + 1
-        if isinstance(script, int | float):
-            return float(script)
-        if not script:
-            raise UsageError(f"fake GPU {self.index}: script {what!r} is empty")
-        return float(script[min(n, len(script) - 1)])
+        return _replay(self, what)
 
 
 class _Handle:
@@ -348,7 +353,8 @@ class FakeDcgmGpu:
     pcie_rx_bytes: Script = 0.0
     _reads: dict[str, int] = field(default_factory=dict)
 
-    read = FakeGpu.read
+    def read(self, what: str) -> float:
+        return _replay(self, what)
 
 
 _DCGM_FIELDS = [

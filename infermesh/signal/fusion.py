@@ -48,6 +48,7 @@ from infermesh.signal.api import SampleBatch, parse_labels
 from infermesh.signal.names import COUNTER, EVENT, kind_of
 
 __all__ = [
+    "XID_MEANING",
     "Health",
     "LinkMeasure",
     "NodeState",
@@ -55,7 +56,6 @@ __all__ = [
     "SeriesView",
     "SignalTable",
     "UnknownNode",
-    "XID_MEANING",
 ]
 
 _SAMPLES = metrics.counter(
@@ -185,7 +185,7 @@ class NodeState:
         tau = self.tau_s
         exp = math.exp
         late = 0
-        for key, v, t in zip(zip(names, labels), values, ts):
+        for key, v, t in zip(zip(names, labels, strict=True), values, ts, strict=True):
             if t > received_at:
                 t = received_at
             s = series.get(key)

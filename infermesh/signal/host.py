@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 
 import psutil
 
@@ -30,6 +31,7 @@ class HostCollector(Collector):
                 "pass e.g. '^(eth|ib)'"
             ) from exc
         self._cpu = self._cpu_times()
+        self._cpu_at = time.monotonic()
         self._labels: dict[str, str] = {}
 
     @staticmethod
@@ -39,10 +41,14 @@ class HostCollector(Collector):
         idle = t.idle + getattr(t, "iowait", 0.0)
         return sum(t), idle
 
-    def _cpu_percent(self) -> float:
+    def _cpu_percent(self) -> float | None:
+        """Busy percent since the previous read; None if that was under 0.1 s ago (the
+        kernel's tick counters cannot measure so short an interval)."""
+        if time.monotonic() - self._cpu_at < 0.1:
+            return None
         total, idle = self._cpu_times()
         d_total, d_idle = total - self._cpu[0], idle - self._cpu[1]
-        self._cpu = (total, idle)
+        self._cpu, self._cpu_at = (total, idle), time.monotonic()
         return 100.0 * (d_total - d_idle) / d_total if d_total > 0 else 0.0
 
     def inventory(self) -> NodeInventory:
@@ -68,12 +74,14 @@ class HostCollector(Collector):
     def collect(self, now: float) -> list[Sample]:
         mem = psutil.virtual_memory()
         out = [
-            Sample("host.cpu_percent", self._cpu_percent(), now),
             Sample("host.cpu_count", float(psutil.cpu_count() or 0), now),
             Sample("host.load1", float(os.getloadavg()[0]), now),
             Sample("host.mem_used_bytes", float(mem.total - mem.available), now),
             Sample("host.mem_total_bytes", float(mem.total), now),
         ]
+        cpu = self._cpu_percent()
+        if cpu is not None:
+            out.append(Sample("host.cpu_percent", cpu, now))
         for name, c in psutil.net_io_counters(pernic=True).items():
             lab = self._iface_label(name)
             if lab is None:

@@ -71,9 +71,10 @@ def test_late_samples_are_dropped_and_counted() -> None:
     assert accepted == 1
     assert t.view("late-node", 100.0, 11.0).value("gpu.util") == 0.9
     assert t.nodes["late-node"].late == 1
-    assert REGISTRY.get_sample_value(
-        "infermesh_signal_late_samples_total", {"node": "late-node"}
-    ) == 1.0
+    assert (
+        REGISTRY.get_sample_value("infermesh_signal_late_samples_total", {"node": "late-node"})
+        == 1.0
+    )
     assert REGISTRY.get_sample_value("infermesh_signal_samples_total", {"node": "late-node"}) == 2
 
 
@@ -98,7 +99,7 @@ def test_a_batch_round_trips_through_its_columns() -> None:
 def test_unknown_nodes_and_bad_ages_are_named() -> None:
     t = SignalTable()
     _ingest(t, "known", [("gpu.util", 0.5, 1.0, "")], 1.0)
-    with pytest.raises(UnknownNode, match="no telemetry from node 'ghost'; .*: known"):
+    with pytest.raises(UnknownNode, match=r"no telemetry from node 'ghost'; .*: known"):
         t.view("ghost", 5.0, 1.0)
     with pytest.raises(UsageError, match="max_age_s=-1 must be >= 0"):
         t.view("known", -1, 1.0)

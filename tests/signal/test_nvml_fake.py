@@ -143,7 +143,7 @@ class _NoPowerNvml(FakeNvml):
 
     power_calls = 0
 
-    def nvmlDeviceGetPowerUsage(self, h: object) -> int:  # noqa: N802 (pynvml's name)
+    def nvmlDeviceGetPowerUsage(self, h: object) -> int:
         self.power_calls += 1
         raise pynvml.NVMLError_NotSupported()
 

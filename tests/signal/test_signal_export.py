@@ -35,7 +35,9 @@ def test_gpu_gauges_carry_only_shared_labels() -> None:
 
 def test_stale_series_disappear_from_the_exposition() -> None:
     table = SignalTable()
-    table.ingest("exp-b", ["gpu.util", "host.cpu_percent"], [0.3, 12.0], [0.0, 50.0], ["gpu=0", ""], 50)
+    table.ingest(
+        "exp-b", ["gpu.util", "host.cpu_percent"], [0.3, 12.0], [0.0, 50.0], ["gpu=0", ""], 50
+    )
     exporter = SignalExporter()
     exporter.export_table(table, now=51.0, max_age_s=100.0)
     labels = {"node": "exp-b", "gpu": "0"}
