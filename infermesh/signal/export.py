@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 
 from prometheus_client import Gauge
 
@@ -143,7 +144,7 @@ class SignalExporter:
         self.nvlink_down, self.xids = _NVLINK_DOWN, _XIDS
         self._children: dict[str, set[tuple[Gauge, tuple[str, ...]]]] = defaultdict(set)
 
-    def export(self, view: NodeView, xids: list[tuple[float, str, int]] | None = None) -> None:
+    def export(self, view: NodeView, xids: Iterable[tuple[float, str, int]] = ()) -> None:
         """Set ``view``'s gauges; remove the ones of its series that are now missing/stale."""
         node = view.node_id
         now_set: dict[tuple[Gauge, tuple[str, ...]], float] = defaultdict(float)
@@ -161,7 +162,7 @@ class SignalExporter:
             value = (s.rate or 0.0) if use_rate else s.value
             if math.isfinite(value):
                 now_set[(self._gauges[name], values)] += value
-        for _, labels, _code in xids or ():
+        for _, labels, _code in xids:
             gpu = parse_labels(labels).get("gpu", "")
             now_set[(self.xids, (node, gpu))] += 1.0
         for (gauge, values), value in now_set.items():

@@ -8,8 +8,8 @@ The coordinator keeps one :class:`SignalTable`; every telemetry batch from an ag
   arrival -- a node clock ahead of ours -- is clamped to the arrival time);
 - a short EWMA (time constant ``tau_s``): of the value for gauges, of the per-second rate
   for counters; and, for counters, the rate between the last two measurements;
-- XID events (``gpu.xid``), kept until :meth:`SignalTable.clear_events` (an operator has
-  reset or replaced the GPU).
+- XID events (``gpu.xid``), each once, late ones too, kept until
+  :meth:`SignalTable.clear_events` (an operator has reset or replaced the GPU).
 
 Samples older than the series' latest are dropped (counted in ``late``).
 
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -166,8 +167,9 @@ class NodeState:
     tau_s: float = 10.0
     overheat_c: float = 90.0
     series: dict[tuple[str, str], _Series] = field(default_factory=dict)
-    xids: list[tuple[float, str, int]] = field(default_factory=list)
-    """(measured ts, labels, code) of every XID since the last clear."""
+    xids: deque[tuple[float, str, int]] = field(default_factory=lambda: deque(maxlen=1000))
+    """(measured ts, labels, code) of the XIDs since the last clear (the last 1000), each
+    once however often it was sent, late ones included."""
     last_received: float = 0.0
     ingested: int = 0
     late: int = 0
@@ -196,10 +198,16 @@ class NodeState:
                     self.xids.append((t, key[1], int(v)))
                 continue
             dt = t - s.ts
-            if dt < 0:
+            kind = s.kind
+            if kind == _EVENT_KIND:
+                event = (t, key[1], int(v))
+                if event not in self.xids:  # an agent may re-send; events are rare
+                    self.xids.append(event)
+                if dt < 0:
+                    continue  # an older event: kept above, the latest value stays
+            elif dt < 0:
                 late += 1
                 continue
-            kind = s.kind
             if kind == _GAUGE_KIND:
                 a = 1.0 - exp(-dt / tau)
                 s.ewma += a * (v - s.ewma)  # type: ignore[operator]
@@ -211,8 +219,6 @@ class NodeState:
                     s.ewma = r if e is None else e + (1.0 - exp(-dt / tau)) * (r - e)
                 elif v < s.value:
                     s.rate = None  # counter reset (process restart): no rate this round
-            elif dt > 0 or v != s.value:
-                self.xids.append((t, key[1], int(v)))
             s.value = v
             s.ts = t
         n = len(names)

@@ -132,7 +132,7 @@ def test_an_application_xid_does_not_change_health() -> None:
     t = SignalTable()
     _ingest(t, "a", [("gpu.xid", 13.0, 0.0, "gpu=0")], 0.0)
     assert t.health("a") == ("ok", [])
-    assert t.nodes["a"].xids == [(0.0, "gpu=0", 13)]
+    assert list(t.nodes["a"].xids) == [(0.0, "gpu=0", 13)]
 
 
 def test_xids_stay_until_cleared_and_repeats_are_kept() -> None:
@@ -140,9 +140,12 @@ def test_xids_stay_until_cleared_and_repeats_are_kept() -> None:
     _ingest(t, "a", [("gpu.xid", 79.0, 1.0, "gpu=0")], 1.0)
     _ingest(t, "a", [("gpu.xid", 79.0, 1.0, "gpu=0")], 2.0)  # the same event re-sent
     _ingest(t, "a", [("gpu.xid", 79.0, 5.0, "gpu=0"), ("gpu.util", 0.1, 50.0, "gpu=0")], 50.0)
-    assert len(t.nodes["a"].xids) == 2
+    _ingest(t, "a", [("gpu.xid", 48.0, 3.0, "gpu=1")], 51.0)  # late, but an event is kept
+    _ingest(t, "a", [("gpu.xid", 79.0, 1.0, "gpu=0")], 52.0)  # late and already known
+    assert [code for _, _, code in t.nodes["a"].xids] == [79, 79, 48]
+    assert t.nodes["a"].late == 0
     assert t.health("a")[0] == "quarantine"
-    assert t.clear_events("a") == 2
+    assert t.clear_events("a") == 3
     assert t.health("a") == ("ok", [])
 
 
