@@ -55,6 +55,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from infermesh.core.errors import UsageError
 from infermesh.obs import metrics
+from infermesh.signal import collective
 from infermesh.train.heartbeat import heartbeat
 from infermesh.train.hooks.stragglers import StragglerDetector, StragglerEvent
 from infermesh.train.planning import (
@@ -272,6 +273,8 @@ class MeshHook:
             "job": config.job or os.environ.get("TORCHELASTIC_RUN_ID", "local"),
             "rank": str(self.rank),
         }
+        self.signal = collective.sender_from_env(self._labels["job"], self.rank)
+        """Sends every record to the local agent when ``INFERMESH_SIGNAL_IPC`` is set."""
         self._intra: dist.ProcessGroup | None = None
         self._inter: dist.ProcessGroup | None = None
         if job.nodes > 1 and g > 1:
@@ -329,6 +332,8 @@ class MeshHook:
             self.step += 1
             self._new_step = True
             heartbeat(self.step)
+            if self.signal is not None:
+                self.signal.flush()
         return fut
 
     def _begin_step(self, device: torch.device) -> None:
@@ -433,6 +438,19 @@ class MeshHook:
                 emulated,
             )
         )
+        if self.signal is not None:
+            self.signal.add(
+                collective.CollectiveRecord(
+                    time.time(),
+                    self.step,
+                    choice.algorithm.value,
+                    choice.compression.value,
+                    group,
+                    nbytes,
+                    seconds,
+                    emulated,
+                )
+            )
         _SECONDS.labels(**self._labels, strategy=choice.algorithm.value).observe(seconds)
         _BYTES.labels(**self._labels, strategy=choice.algorithm.value).inc(nbytes)
 
