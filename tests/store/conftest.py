@@ -8,6 +8,7 @@ test works under its own key prefix there, so tests do not see each other's keys
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -36,6 +37,8 @@ def etcd_server() -> Iterator[object]:
     from infermesh.control.store import etcd_testing
 
     reason = etcd_testing.unavailable_reason()
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"CI must run the etcd store tests, but {reason}")
     if reason:
         pytest.skip(reason)
     with etcd_testing.EtcdServer() as server:
@@ -52,7 +55,7 @@ def _store_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str
 
 
 @pytest.fixture(
-    params=["memory", "sqlite"],
+    params=["memory", "sqlite", pytest.param("etcd", marks=pytest.mark.slow)],
 )
 def store_runner(request: pytest.FixtureRequest, tmp_path: Path) -> Runner:
     """Call ``store_runner(body)``: runs ``await body(store, ns)`` with a fresh store and a

@@ -69,11 +69,15 @@ class LeaseNotFound(StoreError):
 class CompactedError(StoreError):
     """The requested revision's history was compacted away."""
 
-    def __init__(self, revision: int, compact_revision: int) -> None:
+    def __init__(self, revision: int, compact_revision: int | None) -> None:
+        kept = (
+            ""
+            if compact_revision is None
+            else f" (history is kept from revision {compact_revision} on)"
+        )
         super().__init__(
-            f"revision {revision} has been compacted (history is kept from revision "
-            f"{compact_revision} on); read the current state with range() and watch from "
-            "its revision"
+            f"revision {revision} has been compacted{kept}; read the current state with "
+            "range() and watch from its revision"
         )
         self.revision = revision
         self.compact_revision = compact_revision

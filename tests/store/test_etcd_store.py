@@ -1,0 +1,133 @@
+"""The etcd store's own promises: mTLS options, clear errors for bad URLs and unreachable
+servers, and several clients (coordinators) sharing one etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from infermesh.control.store import StoreError, open_store
+from infermesh.control.store import etcd_testing as et
+from infermesh.core.errors import UsageError
+from tests.store.conftest import run_async
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tls_etcd() -> Iterator[et.EtcdServer]:
+    reason = et.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with et.EtcdServer(tls=True) as server:
+        yield server
+
+
+def test_mtls_store_works_with_the_client_certificate(tls_etcd: et.EtcdServer) -> None:
+    assert tls_etcd.url.startswith("etcd://127.0.0.1:") and "cacert=" in tls_etcd.url
+
+    async def main() -> None:
+        async with open_store(tls_etcd.url) as s:
+            async with s.watch("tls/") as events:
+                rev = await s.put("tls/k", b"secret")
+                batch = await asyncio.wait_for(anext(events), 10)
+            assert [(ev.kind, ev.kv.mod_revision) for ev in batch] == [("put", rev)]
+            lease = await s.grant_lease(5)
+            assert await s.keepalive(lease) == 5
+
+    run_async(main())
+
+
+def test_mtls_server_refuses_a_client_without_certificate(tls_etcd: et.EtcdServer) -> None:
+    assert tls_etcd.tls is not None
+    url = f"etcd://{tls_etcd.endpoint}?cacert={quote(str(tls_etcd.tls.ca))}"
+
+    async def main() -> None:
+        async with open_store(url) as s:
+            with pytest.raises(StoreError, match=tls_etcd.endpoint):
+                await s.put("tls/k", b"v")
+
+    run_async(main())
+
+
+def test_plain_client_cannot_talk_to_a_tls_server(tls_etcd: et.EtcdServer) -> None:
+    async def main() -> None:
+        async with open_store(f"etcd://{tls_etcd.endpoint}") as s:
+            with pytest.raises(StoreError):
+                await s.get("tls/k")
+
+    run_async(main())
+
+
+def test_an_unreachable_etcd_gives_a_store_error_naming_it() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    async def main() -> None:
+        async with open_store(f"etcd://127.0.0.1:{port}") as s:
+            with pytest.raises(StoreError, match=f"127.0.0.1:{port}"):
+                await s.put("k", b"v")
+
+    run_async(main())
+
+
+def test_two_clients_of_one_etcd_see_each_others_changes(etcd_server: et.EtcdServer) -> None:
+    async def main() -> None:
+        async with open_store(etcd_server.url) as a, open_store(etcd_server.url) as b:
+            async with a.watch("shared/") as events:
+                ok, rev = await b.compare_and_swap("shared/leader", b"b", expected_mod_revision=0)
+                assert ok
+                batch = await asyncio.wait_for(anext(events), 10)
+            assert [(ev.kv.key, ev.kv.value, ev.kv.mod_revision) for ev in batch] == [
+                ("shared/leader", b"b", rev)
+            ]
+            ok, now = await a.compare_and_swap("shared/leader", b"a", expected_mod_revision=0)
+            assert (ok, now) == (False, rev)
+            await a.delete_prefix("shared/")
+
+    run_async(main())
+
+
+@pytest.mark.parametrize(
+    ("query", "needle"),
+    [
+        ("?tls=1", "unknown option"),
+        ("?cert=/x.pem", "give both cert= and key="),
+        ("?cert=/x.pem&key=/y.pem", "needs cacert="),
+        ("?cacert=/no/such/ca.pem", "cannot read cacert="),
+    ],
+)
+def test_bad_etcd_url_options_are_refused(query: str, needle: str) -> None:
+    with pytest.raises(UsageError, match=needle):
+        open_store(f"etcd://127.0.0.1:2379{query}")
+
+
+@pytest.mark.parametrize(
+    ("netloc", "needle"),
+    [
+        ("127.0.0.1", "is not host:port"),
+        ("127.0.0.1:99999", "is not host:port"),
+        ("[::1]:2379", "IPv4"),
+        ("", "expected etcd://"),
+    ],
+)
+def test_bad_etcd_endpoints_are_refused(netloc: str, needle: str) -> None:
+    with pytest.raises(UsageError, match=needle):
+        open_store(f"etcd://{netloc}")
+
+
+def test_make_tls_files_writes_a_usable_pki(tmp_path: Path) -> None:
+    import ssl
+
+    files = et.make_tls_files(tmp_path / "pki")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(files.server_cert, files.server_key)
+    client = ssl.create_default_context(cafile=str(files.ca))
+    client.load_cert_chain(files.client_cert, files.client_key)
+    assert oct(files.client_key.stat().st_mode & 0o777) == "0o600"
