@@ -16,8 +16,6 @@ from infermesh.control.store import etcd_testing as et
 from infermesh.core.errors import UsageError
 from tests.store.conftest import run_async
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def tls_etcd() -> Iterator[et.EtcdServer]:
@@ -28,6 +26,7 @@ def tls_etcd() -> Iterator[et.EtcdServer]:
         yield server
 
 
+@pytest.mark.slow
 def test_mtls_store_works_with_the_client_certificate(tls_etcd: et.EtcdServer) -> None:
     assert tls_etcd.url.startswith("etcd://127.0.0.1:") and "cacert=" in tls_etcd.url
 
@@ -43,6 +42,7 @@ def test_mtls_store_works_with_the_client_certificate(tls_etcd: et.EtcdServer) -
     run_async(main())
 
 
+@pytest.mark.slow
 def test_mtls_server_refuses_a_client_without_certificate(tls_etcd: et.EtcdServer) -> None:
     assert tls_etcd.tls is not None
     url = f"etcd://{tls_etcd.endpoint}?cacert={quote(str(tls_etcd.tls.ca))}"
@@ -55,6 +55,7 @@ def test_mtls_server_refuses_a_client_without_certificate(tls_etcd: et.EtcdServe
     run_async(main())
 
 
+@pytest.mark.slow
 def test_plain_client_cannot_talk_to_a_tls_server(tls_etcd: et.EtcdServer) -> None:
     async def main() -> None:
         async with open_store(f"etcd://{tls_etcd.endpoint}") as s:
@@ -64,6 +65,7 @@ def test_plain_client_cannot_talk_to_a_tls_server(tls_etcd: et.EtcdServer) -> No
     run_async(main())
 
 
+@pytest.mark.slow
 def test_an_unreachable_etcd_gives_a_store_error_naming_it() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -77,6 +79,7 @@ def test_an_unreachable_etcd_gives_a_store_error_naming_it() -> None:
     run_async(main())
 
 
+@pytest.mark.slow
 def test_two_clients_of_one_etcd_see_each_others_changes(etcd_server: et.EtcdServer) -> None:
     async def main() -> None:
         async with open_store(etcd_server.url) as a, open_store(etcd_server.url) as b:
@@ -90,6 +93,44 @@ def test_two_clients_of_one_etcd_see_each_others_changes(etcd_server: et.EtcdSer
             ok, now = await a.compare_and_swap("shared/leader", b"a", expected_mod_revision=0)
             assert (ok, now) == (False, rev)
             await a.delete_prefix("shared/")
+
+    run_async(main())
+
+
+@pytest.mark.slow
+def test_ranges_larger_than_a_page_are_read_whole_at_one_revision(
+    etcd_server: et.EtcdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infermesh.control.store import etcd_store
+
+    monkeypatch.setattr(etcd_store, "RANGE_PAGE", 3)
+
+    async def main() -> None:
+        async with open_store(etcd_server.url) as s:
+            for i in range(10):
+                await s.put(f"paged/{i}", str(i).encode())
+            rev = await s.revision()
+            kvs, at = await s.range("paged/")
+            assert [kv.value for kv in kvs] == [str(i).encode() for i in range(10)]
+            assert at == rev
+            kvs, _ = await s.range("paged/", limit=7)
+            assert [kv.key for kv in kvs] == [f"paged/{i}" for i in range(7)]
+            await s.delete_prefix("paged/")
+
+    run_async(main())
+
+
+@pytest.mark.slow
+def test_a_range_too_big_for_one_message_is_split(etcd_server: et.EtcdServer) -> None:
+    async def main() -> None:
+        async with open_store(etcd_server.url) as s:
+            big = b"x" * (1 << 20)  # 6 MiB in all: over gRPC's 4 MiB per message
+            for i in range(6):
+                await s.put(f"big/{i}", big)
+            kvs, _ = await s.range("big/")
+            assert [kv.key for kv in kvs] == [f"big/{i}" for i in range(6)]
+            assert all(kv.value == big for kv in kvs)
+            await s.delete_prefix("big/")
 
     run_async(main())
 

@@ -32,14 +32,19 @@ from infermesh.control.store.api import (
     LeaseNotFound,
     Op,
     Store,
+    StoreClosed,
     StoreError,
     TxnResult,
     WatchEvent,
+    check_delete_prefix,
     check_key,
-    check_txn_ops,
+    check_range,
+    check_ttl,
+    check_txn,
     check_value,
+    check_watch,
+    watch_not_entered,
 )
-from infermesh.core.errors import UsageError
 from infermesh.obs.metrics import counter, histogram
 
 logger = logging.getLogger(__name__)
@@ -159,10 +164,7 @@ class LocalStore(Store):
 
     async def range(self, prefix: str, *, limit: int = 0) -> tuple[list[KeyValue], int]:
         self._enter()
-        if not isinstance(prefix, str):
-            raise UsageError(f"range prefix must be a str, got {prefix!r}")
-        if not isinstance(limit, int) or limit < 0:
-            raise UsageError(f"range limit must be an int >= 0 (0: no limit), got {limit!r}")
+        check_range(prefix, limit)
         return self._backend.range(prefix, limit), self._backend.revision
 
     async def revision(self) -> int:
@@ -182,12 +184,7 @@ class LocalStore(Store):
 
     async def delete_prefix(self, prefix: str) -> int:
         self._enter()
-        if not isinstance(prefix, str) or not prefix:
-            raise UsageError(
-                f"delete_prefix needs a non-empty str prefix, got {prefix!r} "
-                "(an empty prefix would delete every key)"
-            )
-        doomed = self._backend.range(prefix, 0)
+        doomed = self._backend.range(check_delete_prefix(prefix), 0)
         rev = self._backend.revision + 1
         self._commit([delete_event(kv.key, rev) for kv in doomed])
         return len(doomed)
@@ -199,11 +196,7 @@ class LocalStore(Store):
         on_failure: Sequence[Op] = (),
     ) -> TxnResult:
         self._enter()
-        for cmp in compares:
-            if not isinstance(cmp, Compare):
-                raise UsageError(f"txn conditions are Compare(...) objects, got {cmp!r}")
-        check_txn_ops(on_success)
-        check_txn_ops(on_failure)
+        check_txn(compares, on_success, on_failure)
         ok = all(cmp.holds(self._backend.get(cmp.key)) for cmp in compares)
         return TxnResult(ok, self._apply_ops(on_success if ok else on_failure))
 
@@ -257,11 +250,10 @@ class LocalStore(Store):
 
     async def grant_lease(self, ttl_s: float) -> int:
         self._enter()
-        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not ttl_s > 0:
-            raise UsageError(f"lease time to live must be a number of seconds > 0, got {ttl_s!r}")
+        ttl = check_ttl(ttl_s)
         lease = self._backend.last_lease_id + 1
-        self._commit([], granted={lease: float(ttl_s)})
-        self._ttls[lease] = float(ttl_s)
+        self._commit([], granted={lease: ttl})
+        self._ttls[lease] = ttl
         self._deadlines[lease] = self._clock() + ttl_s
         self._signal_deadlines()
         return lease
@@ -315,12 +307,7 @@ class LocalStore(Store):
     # -- watches -------------------------------------------------------------------------
 
     def watch(self, prefix: str, *, start_revision: int = 0) -> _LocalWatch:
-        if not isinstance(prefix, str):
-            raise UsageError(f"watch prefix must be a str, got {prefix!r}")
-        if not isinstance(start_revision, int) or start_revision < 0:
-            raise UsageError(
-                f"watch start_revision must be an int >= 0 (0: from now), got {start_revision!r}"
-            )
+        check_watch(prefix, start_revision)
         return _LocalWatch(self, prefix, start_revision)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -328,7 +315,7 @@ class LocalStore(Store):
     def _enter(self) -> None:
         """Check the store is open, start the expiry task, and end overdue leases."""
         if self._closed:
-            raise StoreError("the store is closed; open it again with open_store(url)")
+            raise StoreClosed()
         if self._expirer is None:
             self._expirer = asyncio.get_running_loop().create_task(
                 self._expire_forever(), name="store-lease-expiry"
@@ -398,7 +385,7 @@ class _LocalWatch:
 
     async def __anext__(self) -> list[WatchEvent]:
         if not self._entered:
-            raise UsageError("use the watch as `async with store.watch(prefix) as events:`")
+            raise watch_not_entered()
         while True:
             if self._batches:
                 return self._batches.popleft()

@@ -38,11 +38,18 @@ __all__ = [
     "LeaseNotFound",
     "Op",
     "Store",
+    "StoreClosed",
     "StoreError",
     "TxnResult",
     "WatchEvent",
+    "check_delete_prefix",
     "check_key",
+    "check_range",
+    "check_ttl",
+    "check_txn",
     "check_value",
+    "check_watch",
+    "watch_not_entered",
 ]
 
 CompareTarget = Literal["mod_revision", "create_revision", "version", "value"]
@@ -53,6 +60,13 @@ COMPARE_OPS: tuple[str, ...] = ("==", "!=", "<", ">")
 
 class StoreError(InferMeshError):
     """The store refused an operation or could not be reached; the message says which."""
+
+
+class StoreClosed(StoreError):
+    """The store was closed; nothing more can be done with this object."""
+
+    def __init__(self) -> None:
+        super().__init__("the store is closed; open it again with open_store(url)")
 
 
 class LeaseNotFound(StoreError):
@@ -203,15 +217,60 @@ def check_value(value: object) -> bytes:
     return value
 
 
-def check_txn_ops(ops: Sequence[Op]) -> None:
-    """Reject a transaction branch that changes one key twice (etcd refuses those too)."""
-    seen: set[str] = set()
-    for op in ops:
-        if not isinstance(op, Op):
-            raise UsageError(f"txn operations are Op.put(...) or Op.delete(...), got {op!r}")
-        if op.key in seen:
-            raise UsageError(f"txn changes key {op.key!r} twice; merge the operations into one")
-        seen.add(op.key)
+def check_range(prefix: object, limit: object) -> None:
+    """Reject a range prefix that is not a ``str`` or a limit that is not an int >= 0."""
+    if not isinstance(prefix, str):
+        raise UsageError(f"range prefix must be a str, got {prefix!r}")
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise UsageError(f"range limit must be an int >= 0 (0: no limit), got {limit!r}")
+
+
+def check_delete_prefix(prefix: object) -> str:
+    """Return ``prefix`` if it may be deleted: a non-empty ``str`` (never "everything")."""
+    if not isinstance(prefix, str) or not prefix:
+        raise UsageError(
+            f"delete_prefix needs a non-empty str prefix, got {prefix!r} "
+            "(an empty prefix would delete every key)"
+        )
+    return prefix
+
+
+def check_ttl(ttl_s: object) -> float:
+    """Return a lease time to live in seconds if it is a number > 0."""
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not ttl_s > 0:
+        raise UsageError(f"lease time to live must be a number of seconds > 0, got {ttl_s!r}")
+    return float(ttl_s)
+
+
+def check_watch(prefix: object, start_revision: object) -> None:
+    """Reject a watch prefix that is not a ``str`` or a negative start revision."""
+    if not isinstance(prefix, str):
+        raise UsageError(f"watch prefix must be a str, got {prefix!r}")
+    if not isinstance(start_revision, int) or start_revision < 0:
+        raise UsageError(
+            f"watch start_revision must be an int >= 0 (0: from now), got {start_revision!r}"
+        )
+
+
+def watch_not_entered() -> UsageError:
+    """The error for iterating a watch outside its ``async with`` block."""
+    return UsageError("use the watch as `async with store.watch(prefix) as events:`")
+
+
+def check_txn(compares: Sequence[Compare], *branches: Sequence[Op]) -> None:
+    """Reject a transaction with a condition that is not a :class:`Compare`, an operation
+    that is not an :class:`Op`, or a branch that changes one key twice (etcd refuses those)."""
+    for cmp in compares:
+        if not isinstance(cmp, Compare):
+            raise UsageError(f"txn conditions are Compare(...) objects, got {cmp!r}")
+    for ops in branches:
+        seen: set[str] = set()
+        for op in ops:
+            if not isinstance(op, Op):
+                raise UsageError(f"txn operations are Op.put(...) or Op.delete(...), got {op!r}")
+            if op.key in seen:
+                raise UsageError(f"txn changes key {op.key!r} twice; merge the operations into one")
+            seen.add(op.key)
 
 
 class Store(abc.ABC):

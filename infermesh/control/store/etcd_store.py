@@ -43,12 +43,18 @@ from infermesh.control.store.api import (
     LeaseNotFound,
     Op,
     Store,
+    StoreClosed,
     StoreError,
     TxnResult,
     WatchEvent,
+    check_delete_prefix,
     check_key,
-    check_txn_ops,
+    check_range,
+    check_ttl,
+    check_txn,
     check_value,
+    check_watch,
+    watch_not_entered,
 )
 from infermesh.core.errors import UsageError
 
@@ -56,6 +62,8 @@ __all__ = ["EtcdStore", "from_url"]
 
 CALL_TIMEOUT_S = 10.0
 """Deadline of one etcd request (retries of transient failures included)."""
+RANGE_PAGE = 1000
+"""Keys per request when reading a range (gRPC messages are limited to 4 MiB)."""
 
 _URL_FORM = "etcd://host:port[,host:port...][?cacert=CA.pem&cert=CLIENT.pem&key=CLIENT-KEY.pem]"
 _QUERY_KEYS = ("cacert", "cert", "key", "server_name")
@@ -108,7 +116,7 @@ class EtcdStore(Store):
     async def _services(self) -> tuple[KVService, LeaseService, WatchService]:
         """The client's services, connecting on first use."""
         if self._closed:
-            raise StoreError("the store is closed; open it again with open_store(url)")
+            raise StoreClosed()
         if self._client is None:
             client = Etcd3Client(
                 self.endpoints,
@@ -166,15 +174,35 @@ class EtcdStore(Store):
         return _to_kv(resp.kvs[0]) if resp.kvs else None
 
     async def range(self, prefix: str, *, limit: int = 0) -> tuple[list[KeyValue], int]:
-        if not isinstance(prefix, str):
-            raise UsageError(f"range prefix must be a str, got {prefix!r}")
-        if not isinstance(limit, int) or limit < 0:
-            raise UsageError(f"range limit must be an int >= 0 (0: no limit), got {limit!r}")
+        """Read in pages of at most :data:`RANGE_PAGE` keys, all at the revision of the first
+        page (one consistent snapshot); a page too large for one gRPC message is halved."""
+        check_range(prefix, limit)
         kv = await self._kv()
         start, end = _range_end(prefix)
-        with self._errors("range"):
-            resp = await kv.get(start, end, limit=limit, timeout=CALL_TIMEOUT_S)
-        return [_to_kv(kv) for kv in resp.kvs], int(resp.header.revision)
+        out: list[KeyValue] = []
+        page, rev = RANGE_PAGE, 0
+        while not limit or len(out) < limit:
+            want = min(page, limit - len(out)) if limit else page
+            try:
+                with self._errors("range"):
+                    resp = await kv.get(
+                        start, end, revision=rev, limit=want, timeout=CALL_TIMEOUT_S
+                    )
+            except StoreError as exc:
+                cause = exc.__cause__
+                too_big = isinstance(cause, grpc.aio.AioRpcError) and (
+                    cause.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                )
+                if not too_big or want == 1:
+                    raise
+                page = max(1, want // 2)
+                continue
+            rev = rev or int(resp.header.revision)
+            out.extend(_to_kv(item) for item in resp.kvs)
+            if not resp.more or not resp.kvs:
+                break
+            start = resp.kvs[-1].key + b"\0"
+        return out, rev
 
     async def revision(self) -> int:
         kv = await self._kv()
@@ -198,13 +226,8 @@ class EtcdStore(Store):
         return bool(resp.deleted)
 
     async def delete_prefix(self, prefix: str) -> int:
-        if not isinstance(prefix, str) or not prefix:
-            raise UsageError(
-                f"delete_prefix needs a non-empty str prefix, got {prefix!r} "
-                "(an empty prefix would delete every key)"
-            )
         kv = await self._kv()
-        start, end = _range_end(prefix)
+        start, end = _range_end(check_delete_prefix(prefix))
         with self._errors("delete_prefix"):
             resp = await kv.delete(start, end, timeout=CALL_TIMEOUT_S)
         return int(resp.deleted)
@@ -215,11 +238,7 @@ class EtcdStore(Store):
         on_success: Sequence[Op],
         on_failure: Sequence[Op] = (),
     ) -> TxnResult:
-        for cmp in compares:
-            if not isinstance(cmp, Compare):
-                raise UsageError(f"txn conditions are Compare(...) objects, got {cmp!r}")
-        check_txn_ops(on_success)
-        check_txn_ops(on_failure)
+        check_txn(compares, on_success, on_failure)
         kv = await self._kv()
         leases = [op.lease for op in [*on_success, *on_failure] if op.lease]
         with self._errors("txn", leases[0] if leases else 0):
@@ -259,11 +278,10 @@ class EtcdStore(Store):
     # -- leases --------------------------------------------------------------------------
 
     async def grant_lease(self, ttl_s: float) -> int:
-        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not ttl_s > 0:
-            raise UsageError(f"lease time to live must be a number of seconds > 0, got {ttl_s!r}")
+        ttl = math.ceil(check_ttl(ttl_s))
         leases = await self._lease()
         with self._errors("grant_lease"):
-            resp = await leases.grant(math.ceil(ttl_s), timeout=CALL_TIMEOUT_S)
+            resp = await leases.grant(ttl, timeout=CALL_TIMEOUT_S)
         return int(resp.ID)
 
     async def keepalive(self, lease_id: int) -> float:
@@ -286,12 +304,7 @@ class EtcdStore(Store):
     # -- watches -------------------------------------------------------------------------
 
     def watch(self, prefix: str, *, start_revision: int = 0) -> _EtcdWatch:
-        if not isinstance(prefix, str):
-            raise UsageError(f"watch prefix must be a str, got {prefix!r}")
-        if not isinstance(start_revision, int) or start_revision < 0:
-            raise UsageError(
-                f"watch start_revision must be an int >= 0 (0: from now), got {start_revision!r}"
-            )
+        check_watch(prefix, start_revision)
         return _EtcdWatch(self, prefix, start_revision)
 
     async def close(self) -> None:
@@ -383,7 +396,7 @@ class _EtcdWatch:
 
     async def __anext__(self) -> list[WatchEvent]:
         if not self._entered:
-            raise UsageError("use the watch as `async with store.watch(prefix) as events:`")
+            raise watch_not_entered()
         if self._done:
             raise StopAsyncIteration
         item = await self._queue.get()

@@ -151,6 +151,7 @@ class EtcdServer:
         self.workdir = (
             Path(tempfile.mkdtemp(prefix="infermesh-etcd-")) if workdir is None else workdir
         )
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.tls: TlsFiles | None = make_tls_files(self.workdir / "pki") if tls else None
         self.client_port = 0
         self._proc: subprocess.Popen[bytes] | None = None
