@@ -22,8 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from infermesh.control.store import Op, Store, open_store
-from infermesh.control.store import etcd_testing
+from infermesh.control.store import Op, Store, etcd_testing, open_store
 
 BATCH = 128  # etcd's default limit of operations per transaction
 

@@ -45,7 +45,7 @@ def test_mtls_store_works_with_the_client_certificate(tls_etcd: et.EtcdServer) -
 @pytest.mark.slow
 def test_mtls_server_refuses_a_client_without_certificate(tls_etcd: et.EtcdServer) -> None:
     assert tls_etcd.tls is not None
-    url = f"etcd://{tls_etcd.endpoint}?cacert={quote(str(tls_etcd.tls.ca))}"
+    url = f"etcd://{tls_etcd.endpoint}?cacert={quote(str(tls_etcd.tls.ca))}&timeout=1"
 
     async def main() -> None:
         async with open_store(url) as s:
@@ -58,7 +58,7 @@ def test_mtls_server_refuses_a_client_without_certificate(tls_etcd: et.EtcdServe
 @pytest.mark.slow
 def test_plain_client_cannot_talk_to_a_tls_server(tls_etcd: et.EtcdServer) -> None:
     async def main() -> None:
-        async with open_store(f"etcd://{tls_etcd.endpoint}") as s:
+        async with open_store(f"etcd://{tls_etcd.endpoint}?timeout=1") as s:
             with pytest.raises(StoreError):
                 await s.get("tls/k")
 
@@ -72,9 +72,12 @@ def test_an_unreachable_etcd_gives_a_store_error_naming_it() -> None:
         port = sock.getsockname()[1]
 
     async def main() -> None:
-        async with open_store(f"etcd://127.0.0.1:{port}") as s:
+        async with open_store(f"etcd://127.0.0.1:{port}?timeout=1.5") as s:
+            start = asyncio.get_running_loop().time()
             with pytest.raises(StoreError, match=f"127.0.0.1:{port}"):
                 await s.put("k", b"v")
+            took = asyncio.get_running_loop().time() - start
+            assert 1.0 <= took < 5, f"gave up after {took:.1f}s, timeout was 1.5s"
 
     run_async(main())
 
@@ -95,6 +98,32 @@ def test_two_clients_of_one_etcd_see_each_others_changes(etcd_server: et.EtcdSer
             await a.delete_prefix("shared/")
 
     run_async(main())
+
+
+@pytest.mark.slow
+def test_a_watch_survives_an_etcd_restart_without_losing_events() -> None:
+    reason = et.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+
+    async def main(server: et.EtcdServer) -> None:
+        async with open_store(server.url) as s, s.watch("r/") as events:
+            r1 = await s.put("r/before", b"1")
+            first = await asyncio.wait_for(anext(events), 10)
+            await asyncio.to_thread(server.restart)
+            r2 = await s.put("r/after", b"2")
+            r3 = await s.put("r/after", b"3")
+            got = first
+            while len(got) < 3:
+                got = got + await asyncio.wait_for(anext(events), 20)
+        assert [(ev.kv.key, ev.kv.mod_revision) for ev in got] == [
+            ("r/before", r1),
+            ("r/after", r2),
+            ("r/after", r3),
+        ]
+
+    with et.EtcdServer() as server:
+        run_async(main(server))
 
 
 @pytest.mark.slow
@@ -142,6 +171,8 @@ def test_a_range_too_big_for_one_message_is_split(etcd_server: et.EtcdServer) ->
         ("?cert=/x.pem", "give both cert= and key="),
         ("?cert=/x.pem&key=/y.pem", "needs cacert="),
         ("?cacert=/no/such/ca.pem", "cannot read cacert="),
+        ("?timeout=soon", "not a number of seconds"),
+        ("?timeout=0", "not a number of seconds"),
     ],
 )
 def test_bad_etcd_url_options_are_refused(query: str, needle: str) -> None:

@@ -10,6 +10,8 @@ URL options (all paths to PEM files):
 * ``cert`` and ``key``: this client's certificate and key, for etcd's ``--client-cert-auth``.
 * ``server_name``: the name to check in the server certificate, when it is not the host
   named in the URL (host names are resolved to IPv4 addresses when the store is opened).
+* ``timeout``: seconds one store call may take, retries while etcd is unreachable included
+  (default 10).
 
 etcd counts lease lifetimes in whole seconds; :meth:`EtcdStore.grant_lease` rounds up, and
 the server may raise a very short TTL to its own minimum.
@@ -19,23 +21,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
+import logging
 import math
 import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
 import grpc.aio
-from etcd3aio import Etcd3Client, EtcdError
+from etcd3aio import Etcd3Client, EtcdConnectionError, EtcdError
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 from etcd3aio.watch import WatchService
 
-from infermesh.control.store._local import prefix_end
+from infermesh.control.store._local import WATCH_BUFFER, prefix_end
 from infermesh.control.store.api import (
     CompactedError,
     Compare,
@@ -58,15 +62,18 @@ from infermesh.control.store.api import (
 )
 from infermesh.core.errors import UsageError
 
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
 __all__ = ["EtcdStore", "from_url"]
 
 CALL_TIMEOUT_S = 10.0
-"""Deadline of one etcd request (retries of transient failures included)."""
+"""Default deadline of one store call, retries included (URL option ``timeout``)."""
 RANGE_PAGE = 1000
 """Keys per request when reading a range (gRPC messages are limited to 4 MiB)."""
 
 _URL_FORM = "etcd://host:port[,host:port...][?cacert=CA.pem&cert=CLIENT.pem&key=CLIENT-KEY.pem]"
-_QUERY_KEYS = ("cacert", "cert", "key", "server_name")
+_QUERY_KEYS = ("cacert", "cert", "key", "server_name", "timeout")
 
 # Enum values of etcdserverpb.Compare (the generated module is reached through a message).
 _RESULT = {"==": 0, ">": 1, "<": 2, "!=": 3}
@@ -103,8 +110,10 @@ class EtcdStore(Store):
         cert_chain: bytes | None = None,
         cert_key: bytes | None = None,
         server_name: str | None = None,
+        timeout_s: float = CALL_TIMEOUT_S,
     ) -> None:
         self.endpoints = list(endpoints)
+        self.timeout_s = timeout_s
         self._tls = {"ca_cert": ca_cert, "cert_chain": cert_chain, "cert_key": cert_key}
         self._server_name = server_name
         self._client: Etcd3Client | None = None
@@ -152,8 +161,25 @@ class EtcdStore(Store):
             ) from exc
         except TimeoutError as exc:
             raise StoreError(
-                f"etcd {what} timed out after {CALL_TIMEOUT_S:.0f}s at {','.join(self.endpoints)}"
+                f"etcd {what} timed out after {self.timeout_s:g}s at {','.join(self.endpoints)}"
             ) from exc
+
+    async def _call(self, what: str, make: Callable[[], Awaitable[T]], lease: int = 0) -> T:
+        """One etcd request. While etcd refuses connections (restarting, electing a leader)
+        it is tried again, for up to ``timeout_s`` in all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        pause = 0.1
+        while True:
+            try:
+                with self._errors(what, lease):
+                    return await make()
+            except StoreError as exc:
+                unreachable = isinstance(exc.__cause__, EtcdConnectionError)
+                if not unreachable or loop.time() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     def _raise(self, what: str, exc: grpc.aio.AioRpcError, lease: int) -> NoReturn:
         details = exc.details() or ""
@@ -169,8 +195,8 @@ class EtcdStore(Store):
 
     async def get(self, key: str) -> KeyValue | None:
         kv = await self._kv()
-        with self._errors("get"):
-            resp = await kv.get(check_key(key).encode(), timeout=CALL_TIMEOUT_S)
+        raw = check_key(key).encode()
+        resp = await self._call("get", lambda: kv.get(raw, timeout=self.timeout_s))
         return _to_kv(resp.kvs[0]) if resp.kvs else None
 
     async def range(self, prefix: str, *, limit: int = 0) -> tuple[list[KeyValue], int]:
@@ -184,10 +210,12 @@ class EtcdStore(Store):
         while not limit or len(out) < limit:
             want = min(page, limit - len(out)) if limit else page
             try:
-                with self._errors("range"):
-                    resp = await kv.get(
-                        start, end, revision=rev, limit=want, timeout=CALL_TIMEOUT_S
-                    )
+                resp = await self._call(
+                    "range",
+                    functools.partial(
+                        kv.get, start, end, revision=rev, limit=want, timeout=self.timeout_s
+                    ),
+                )
             except StoreError as exc:
                 cause = exc.__cause__
                 too_big = isinstance(cause, grpc.aio.AioRpcError) and (
@@ -206,8 +234,9 @@ class EtcdStore(Store):
 
     async def revision(self) -> int:
         kv = await self._kv()
-        with self._errors("revision"):
-            resp = await kv.get(b"\0", count_only=True, timeout=CALL_TIMEOUT_S)
+        resp = await self._call(
+            "revision", lambda: kv.get(b"\0", count_only=True, timeout=self.timeout_s)
+        )
         return int(resp.header.revision)
 
     # -- writes --------------------------------------------------------------------------
@@ -215,21 +244,23 @@ class EtcdStore(Store):
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         op = Op.put(key, value, lease=lease)
         kv = await self._kv()
-        with self._errors("put", lease):
-            resp = await kv.put(op.key.encode(), op.value, lease, timeout=CALL_TIMEOUT_S)
+        resp = await self._call(
+            "put", lambda: kv.put(op.key.encode(), op.value, lease, timeout=self.timeout_s), lease
+        )
         return int(resp.header.revision)
 
     async def delete(self, key: str) -> bool:
         kv = await self._kv()
-        with self._errors("delete"):
-            resp = await kv.delete(check_key(key).encode(), timeout=CALL_TIMEOUT_S)
+        raw = check_key(key).encode()
+        resp = await self._call("delete", lambda: kv.delete(raw, timeout=self.timeout_s))
         return bool(resp.deleted)
 
     async def delete_prefix(self, prefix: str) -> int:
         kv = await self._kv()
         start, end = _range_end(check_delete_prefix(prefix))
-        with self._errors("delete_prefix"):
-            resp = await kv.delete(start, end, timeout=CALL_TIMEOUT_S)
+        resp = await self._call(
+            "delete_prefix", lambda: kv.delete(start, end, timeout=self.timeout_s)
+        )
         return int(resp.deleted)
 
     async def txn(
@@ -241,13 +272,14 @@ class EtcdStore(Store):
         check_txn(compares, on_success, on_failure)
         kv = await self._kv()
         leases = [op.lease for op in [*on_success, *on_failure] if op.lease]
-        with self._errors("txn", leases[0] if leases else 0):
-            resp = await kv.txn(
-                [self._compare(kv, cmp) for cmp in compares],
-                [self._request(kv, op) for op in on_success],
-                [self._request(kv, op) for op in on_failure],
-                timeout=CALL_TIMEOUT_S,
-            )
+        request = (
+            [self._compare(kv, cmp) for cmp in compares],
+            [self._request(kv, op) for op in on_success],
+            [self._request(kv, op) for op in on_failure],
+        )
+        resp = await self._call(
+            "txn", lambda: kv.txn(*request, timeout=self.timeout_s), leases[0] if leases else 0
+        )
         return TxnResult(bool(resp.succeeded), int(resp.header.revision))
 
     @staticmethod
@@ -270,8 +302,7 @@ class EtcdStore(Store):
     async def compact(self, revision: int) -> None:
         kv = await self._kv()
         try:
-            with self._errors("compact"):
-                await kv.compact(revision, timeout=CALL_TIMEOUT_S)
+            await self._call("compact", lambda: kv.compact(revision, timeout=self.timeout_s))
         except CompactedError as exc:
             raise CompactedError(revision, None) from exc.__cause__
 
@@ -280,8 +311,7 @@ class EtcdStore(Store):
     async def grant_lease(self, ttl_s: float) -> int:
         ttl = math.ceil(check_ttl(ttl_s))
         leases = await self._lease()
-        with self._errors("grant_lease"):
-            resp = await leases.grant(ttl, timeout=CALL_TIMEOUT_S)
+        resp = await self._call("grant_lease", lambda: leases.grant(ttl, timeout=self.timeout_s))
         return int(resp.ID)
 
     async def keepalive(self, lease_id: int) -> float:
@@ -289,7 +319,7 @@ class EtcdStore(Store):
         call = leases.keep_alive(lease_id)
         try:
             with self._errors("keepalive", lease_id):
-                resp = await asyncio.wait_for(call.read(), CALL_TIMEOUT_S)
+                resp = await asyncio.wait_for(call.read(), self.timeout_s)
         finally:
             call.cancel()
         if resp is grpc.aio.EOF or resp.TTL <= 0:
@@ -298,8 +328,9 @@ class EtcdStore(Store):
 
     async def revoke_lease(self, lease_id: int) -> None:
         leases = await self._lease()
-        with self._errors("revoke_lease", lease_id):
-            await leases.revoke(lease_id, timeout=CALL_TIMEOUT_S)
+        await self._call(
+            "revoke_lease", lambda: leases.revoke(lease_id, timeout=self.timeout_s), lease_id
+        )
 
     # -- watches -------------------------------------------------------------------------
 
@@ -327,6 +358,11 @@ class _EtcdWatch:
     A pump task reads the stream into a queue so that closing the store (or leaving the
     ``async with``) ends the iterator cleanly. With start revision 0 the watch starts right
     after the revision read on entry, so nothing committed after entry is missed.
+
+    The pump remembers the last revision it delivered. When the client re-creates the stream
+    after a connection failure (a second "created" reply), the pump starts a new stream from
+    that revision + 1 itself, so no event is skipped or repeated. It stops reading while
+    :data:`WATCH_BUFFER` batches wait for the consumer (etcd then buffers on its side).
     """
 
     def __init__(self, store: EtcdStore, prefix: str, start_revision: int) -> None:
@@ -334,6 +370,7 @@ class _EtcdWatch:
         self._prefix = prefix
         self._start = start_revision
         self._queue: asyncio.Queue[list[WatchEvent] | BaseException | object] = asyncio.Queue()
+        self._space = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         self._entered = False
         self._done = False
@@ -343,9 +380,7 @@ class _EtcdWatch:
         if not self._start:
             self._start = await store.revision() + 1
         _kv, _lease, watcher = await store._services()
-        key, end = _range_end(self._prefix)
-        stream = watcher.watch(key, end, start_revision=self._start)
-        self._pump = asyncio.get_running_loop().create_task(self._run(stream), name="etcd-watch")
+        self._pump = asyncio.get_running_loop().create_task(self._run(watcher), name="etcd-watch")
         self._entered = True
         store._watches.add(self)
         return self
@@ -358,31 +393,58 @@ class _EtcdWatch:
     ) -> None:
         await self.stop()
 
-    async def _run(self, stream: AsyncIterator[Any]) -> None:
+    async def _run(self, watcher: WatchService) -> None:
+        key, end = _range_end(self._prefix)
+        delivered = self._start - 1
         try:
             with self._store._errors("watch"):
-                async for resp in stream:
-                    if resp.compact_revision:
-                        raise CompactedError(self._start, int(resp.compact_revision))
-                    if resp.canceled:
-                        raise StoreError(f"etcd cancelled the watch: {resp.cancel_reason}")
-                    batch: list[WatchEvent] = []
-                    for ev in resp.events:
-                        item = self._event(ev)
-                        if batch and batch[-1].kv.mod_revision != item.kv.mod_revision:
-                            self._queue.put_nowait(batch)
-                            batch = []
-                        batch.append(item)
-                    if batch:
-                        self._queue.put_nowait(batch)
+                while True:
+                    stream = watcher.watch(key, end, start_revision=delivered + 1)
+                    try:
+                        delivered = await self._pump_stream(stream, delivered)
+                    finally:
+                        await stream.aclose()  # type: ignore[attr-defined]
+                    logger.info("etcd watch on %r reconnected; resuming", self._prefix)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # handed to the consumer, raised from __anext__
             self._queue.put_nowait(exc)
         finally:
-            with contextlib.suppress(Exception):
-                await stream.aclose()  # type: ignore[attr-defined]
             self._queue.put_nowait(_END)
+
+    async def _pump_stream(self, stream: AsyncIterator[Any], delivered: int) -> int:
+        """Queue the stream's events after ``delivered``; return the last revision queued
+        when the client re-created the stream (a reconnect)."""
+        created = False
+        async for resp in stream:
+            if resp.compact_revision:
+                raise CompactedError(delivered + 1, int(resp.compact_revision))
+            if resp.canceled:
+                raise StoreError(f"etcd cancelled the watch: {resp.cancel_reason}")
+            if resp.created:
+                if created:
+                    return delivered
+                created = True
+            batch: list[WatchEvent] = []
+            for ev in resp.events:
+                item = self._event(ev)
+                rev = item.kv.mod_revision
+                if rev <= delivered:
+                    continue
+                if batch and batch[-1].kv.mod_revision != rev:
+                    await self._put(batch)
+                    batch = []
+                batch.append(item)
+            if batch:
+                await self._put(batch)
+                delivered = batch[-1].kv.mod_revision
+        raise StoreError("etcd closed the watch stream")
+
+    async def _put(self, batch: list[WatchEvent]) -> None:
+        while self._queue.qsize() >= WATCH_BUFFER:
+            self._space.clear()
+            await self._space.wait()
+        self._queue.put_nowait(batch)
 
     @staticmethod
     def _event(ev: Any) -> WatchEvent:
@@ -400,6 +462,7 @@ class _EtcdWatch:
         if self._done:
             raise StopAsyncIteration
         item = await self._queue.get()
+        self._space.set()
         if item is _END:
             self._done = True
             raise StopAsyncIteration
@@ -449,7 +512,7 @@ def _read_pem(option: str, path: str, url: str) -> bytes:
 
 
 def from_url(url: str) -> EtcdStore:
-    """Open ``etcd://host:port[,host:port...][?cacert=..&cert=..&key=..&server_name=..]``."""
+    """Open ``etcd://host:port[,host:port...][?cacert=..&cert=..&key=..&server_name=..&timeout=..]``."""
     parts = urlsplit(url)
     if not parts.netloc or parts.path not in ("", "/") or parts.fragment:
         raise UsageError(f"store URL {url!r}: expected {_URL_FORM}")
@@ -476,7 +539,20 @@ def from_url(url: str) -> EtcdStore:
         cert_chain=pem.get("cert"),
         cert_key=pem.get("key"),
         server_name=server_name,
+        timeout_s=_timeout(opts.get("timeout"), url),
     )
+
+
+def _timeout(text: str | None, url: str) -> float:
+    if text is None:
+        return CALL_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise UsageError(f"store URL {url!r}: timeout={text!r} is not a number of seconds > 0")
+    return value
 
 
 def _is_ip(host: str) -> bool:

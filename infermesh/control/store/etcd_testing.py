@@ -154,6 +154,8 @@ class EtcdServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tls: TlsFiles | None = make_tls_files(self.workdir / "pki") if tls else None
         self.client_port = 0
+        self._peer_port = 0
+        self._data_dir = self.workdir / "data"
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -176,16 +178,23 @@ class EtcdServer:
         if binary is None:
             raise InferMeshError(unavailable_reason() or "etcd not found")
         for attempt in range(3):  # a free port can be taken between probing and binding
-            if self._try_start(binary, attempt):
+            self.client_port, self._peer_port = _free_port(), _free_port()
+            self._data_dir = self.workdir / f"data-{attempt}"
+            if self._launch(binary):
                 return self
         raise InferMeshError(f"etcd did not start in 3 attempts; see {self.workdir}/etcd.log")
 
-    def _try_start(self, binary: str, attempt: int) -> bool:
-        self.client_port, peer = _free_port(), _free_port()
+    def restart(self) -> None:
+        """Stop the server (SIGTERM) and start it again on the same ports and data."""
+        self._stop_process()
+        if not self._launch(shutil.which("etcd") or "etcd"):
+            raise InferMeshError(f"etcd did not restart; see {self.workdir}/etcd.log")
+
+    def _launch(self, binary: str) -> bool:
         scheme = "https" if self.tls else "http"
         client_url = f"{scheme}://127.0.0.1:{self.client_port}"
-        peer_url = f"http://127.0.0.1:{peer}"
-        data_dir = self.workdir / f"data-{attempt}"
+        peer_url = f"http://127.0.0.1:{self._peer_port}"
+        data_dir = self._data_dir
         cmd = [
             binary,
             "--name=test",
@@ -241,6 +250,12 @@ class EtcdServer:
             return False
 
     def stop(self) -> None:
+        """Stop the server and remove its files (when the directory was made for it)."""
+        self._stop_process()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _stop_process(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -249,8 +264,6 @@ class EtcdServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> EtcdServer:
         return self.start()
