@@ -11,6 +11,7 @@ from infermesh.control.store import CompactedError, Store, open_store
 from infermesh.control.store import _local as local
 from infermesh.control.store.memory_store import MemoryStore
 from infermesh.core.errors import UsageError
+from infermesh.obs.metrics import REGISTRY
 from tests.store.conftest import run_async
 
 
@@ -69,8 +70,10 @@ def test_leases_follow_the_injected_clock() -> None:
             assert await s.keepalive(lease) == 10
             now[0] += 9.5
             assert await s.get("node/a") is not None
+            expired = REGISTRY.get_sample_value("infermesh_store_leases_expired_total") or 0.0
             now[0] += 1
             assert await s.get("node/a") is None, "an expired lease's key must not be visible"
+            assert REGISTRY.get_sample_value("infermesh_store_leases_expired_total") == expired + 1
 
     run_async(main())
 

@@ -32,6 +32,7 @@ async def take(events: AsyncIterator[list[WatchEvent]], n: int) -> list[WatchEve
 
     async def fill() -> None:
         async for batch in events:
+            assert len({ev.kv.mod_revision for ev in batch}) == 1, f"batch spans revisions: {batch}"
             got.extend(batch)
             if len(got) >= n:
                 return

@@ -39,7 +39,7 @@ from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 from etcd3aio.watch import WatchService
 
-from infermesh.control.store._local import WATCH_BUFFER, prefix_end
+from infermesh.control.store._local import WATCH_BUFFER, delete_event, prefix_end
 from infermesh.control.store.api import (
     CompactedError,
     Compare,
@@ -450,7 +450,7 @@ class _EtcdWatch:
     def _event(ev: Any) -> WatchEvent:
         kv = ev.kv
         if ev.type == _EVENT_DELETE:
-            return WatchEvent("delete", KeyValue(kv.key.decode(), b"", 0, kv.mod_revision, 0, 0))
+            return delete_event(kv.key.decode(), kv.mod_revision)
         return WatchEvent("put", _to_kv(kv))
 
     def __aiter__(self) -> _EtcdWatch:
