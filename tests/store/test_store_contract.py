@@ -39,7 +39,7 @@ async def take(events: AsyncIterator[list[WatchEvent]], n: int) -> list[WatchEve
 
     try:
         await asyncio.wait_for(fill(), WAIT_S)
-    except TimeoutError:
+    except asyncio.TimeoutError:
         pytest.fail(f"watch gave {len(got)} of {n} events in {WAIT_S}s: {got}")
     return got
 

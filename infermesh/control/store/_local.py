@@ -301,7 +301,7 @@ class LocalStore(Store):
             if wait is None and self._deadlines:
                 wait = max(0.0, min(self._deadlines.values()) - self._clock())
             changed.clear()
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(changed.wait(), wait)
 
     # -- watches -------------------------------------------------------------------------

@@ -159,7 +159,7 @@ class EtcdStore(Store):
                 f"etcd {what} failed at {','.join(self.endpoints)}: {exc}; check that etcd "
                 "runs there and that the TLS options (cacert, cert, key) match it"
             ) from exc
-        except TimeoutError as exc:
+        except asyncio.TimeoutError as exc:
             raise StoreError(
                 f"etcd {what} timed out after {self.timeout_s:g}s at {','.join(self.endpoints)}"
             ) from exc
