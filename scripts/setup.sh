@@ -13,6 +13,22 @@ VENV="${VENV:-.venv}"
 STAMP="$VENV/.infermesh-setup"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 
+# The etcd store's tests start a real etcd server: Debian's etcd-server package.
+if ! command -v etcd >/dev/null 2>&1; then
+    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing etcd (Debian package etcd-server) for the etcd store tests"
+        apt_install=(apt-get install -y -qq --no-install-recommends etcd-server)
+        if ! DEBIAN_FRONTEND=noninteractive "${apt_install[@]}" >/dev/null 2>&1; then
+            apt-get update -qq >/dev/null 2>&1 || true
+            DEBIAN_FRONTEND=noninteractive "${apt_install[@]}" >/dev/null 2>&1 \
+                || echo "setup: could not install etcd-server; the etcd store tests will be skipped"
+        fi
+    else
+        echo "setup: etcd is not on PATH and this is not root with apt-get; the etcd store" \
+            "tests will be skipped (install Debian's etcd-server package to run them)"
+    fi
+fi
+
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -x "$VENV/bin/infermesh-run" ]]; then
     exit 0
 fi
