@@ -40,6 +40,7 @@ from infermesh.agent.telemetry import Telemetry
 from infermesh.client.coordinator import async_stub
 from infermesh.client.generated import coordinator_pb2 as pb
 from infermesh.core.errors import UsageError
+from infermesh.signal.collective import IPC_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -284,6 +285,8 @@ class NodeAgent:
         ]
         env = dict(os.environ)
         env.update(spec.env)
+        if self.telemetry is not None and self.telemetry.collective_endpoint:
+            env[IPC_ENV] = self.telemetry.collective_endpoint
         env.update(
             INFERMESH_NODE_ID=self.node_id,
             INFERMESH_COORDINATOR=self.coordinator,

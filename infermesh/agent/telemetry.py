@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from infermesh.client.generated import coordinator_pb2 as pb
 from infermesh.signal.api import Collector, NodeInventory, create_collector, default_collectors
+from infermesh.signal.collective import CollectiveCollector, ipc_endpoint
 from infermesh.signal.runtime import RUNTIMES
 
 logger = logging.getLogger(__name__)
@@ -29,9 +30,11 @@ class Telemetry:
         cls,
         fake_gpus: int = 0,
         endpoints: Sequence[pb.ServingEndpoint] = (),
+        collective_socket: str | None = None,
         **fake_options: object,
     ) -> Telemetry:
-        """Host + NVML (or ``fake_gpus`` scripted GPUs), plus a /metrics scrape per endpoint."""
+        """Host + NVML (or ``fake_gpus`` scripted GPUs), a /metrics scrape per endpoint, and
+        the workers' collective timings on ``collective_socket`` (a Unix socket path)."""
         if fake_gpus > 0:
             logger.warning("reporting %d FAKE GPUs (scripted NVML); not for production", fake_gpus)
             fake = create_collector("fake_nvml", gpus=fake_gpus, **fake_options)
@@ -48,7 +51,19 @@ class Telemetry:
                     model=endpoint.model or None,
                 )
             )
+        if collective_socket:
+            collectors.append(
+                create_collector("collective", endpoint=ipc_endpoint(collective_socket))
+            )
         return cls(collectors)
+
+    @property
+    def collective_endpoint(self) -> str | None:
+        """What workers get in ``INFERMESH_SIGNAL_IPC`` (None: no collective collector)."""
+        for collector in self.collectors:
+            if isinstance(collector, CollectiveCollector):
+                return collector.endpoint
+        return None
 
     def inventory(self) -> tuple[list[pb.Gpu], str]:
         gpus: list[pb.Gpu] = []

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import socket
+import zlib
 from pathlib import Path
 from typing import Annotated
 
@@ -77,6 +78,9 @@ def coordinator_start(
     store: str = typer.Option("", help="Store URL (default: sqlite under --state-dir)."),
     suspect_after: float = typer.Option(3.0, help="Seconds of silence before SUSPECT."),
     dead_after: float = typer.Option(10.0, help="Seconds of silence before DEAD."),
+    quarantine_stragglers: bool = typer.Option(
+        False, help="Quarantine a node whose rank a job's comm hook reports as a straggler."
+    ),
     log_level: str = typer.Option("INFO", help="Log level."),
 ) -> None:
     """Start the coordinator of one cell and serve until Ctrl-C."""
@@ -91,6 +95,7 @@ def coordinator_start(
             port=check_port(port),
             suspect_after_s=suspect_after,
             dead_after_s=dead_after,
+            quarantine_stragglers=quarantine_stragglers,
         )
         await coord.start()
         typer.echo(f"infermesh: coordinator of cell {cell} at {coord.address} (insecure)")
@@ -171,8 +176,17 @@ def _make_agent(
         rack=rack,
         labels=labels,
         addr=addr or None,
-        telemetry=Telemetry.for_node(fake_gpus),
+        telemetry=Telemetry.for_node(fake_gpus, collective_socket=_socket_path(workdir)),
     )
+
+
+def _socket_path(workdir: Path) -> str:
+    """The agent's collective-telemetry socket: in its work dir, or /tmp if that is too long."""
+    path = str(workdir.resolve() / "signal.sock")
+    if len(path.encode()) > 100:
+        path = f"/tmp/infermesh-{zlib.crc32(path.encode()):08x}.sock"
+    workdir.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def up(

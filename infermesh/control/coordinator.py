@@ -11,6 +11,7 @@ and agents simply reconnect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -28,10 +29,13 @@ from infermesh.control.store import Store, open_store
 from infermesh.core.cell import NodeStatus
 from infermesh.core.errors import PortInUse, UsageError
 from infermesh.obs.metrics import counter
+from infermesh.signal.api import parse_labels
+from infermesh.signal.export import SignalExporter
 from infermesh.signal.fusion import Health, SignalTable
 
 logger = logging.getLogger(__name__)
 
+STRAGGLER = "train.straggler"
 TELEMETRY = counter("infermesh_coordinator_samples", "Telemetry samples ingested", ["cell"])
 
 
@@ -52,8 +56,10 @@ class Coordinator:
         suspect_after_s: float = 3.0,
         dead_after_s: float = 10.0,
         heartbeat_interval_s: float = 1.0,
+        quarantine_stragglers: bool = False,
     ) -> None:
         self.store_url = store_url
+        self.quarantine_stragglers = quarantine_stragglers
         self.cell = cell
         self.host = host
         self.port = port
@@ -96,6 +102,7 @@ class Coordinator:
         self.port = bound
         await self.server.start()
         self._tasks.append(asyncio.create_task(self.membership.run_monitor(self._stop)))
+        self._tasks.append(asyncio.create_task(self._export_signals()))
         logger.info(
             "coordinator for cell %s listening on %s (store %s)",
             self.cell,
@@ -129,10 +136,31 @@ class Coordinator:
                 accepted = 0
             self._telemetry.inc(accepted)
             await self._apply_health(entry)
+            if STRAGGLER in t.name:
+                for name, value, labels in zip(t.name, t.value, t.labels, strict=True):
+                    if name == STRAGGLER:
+                        await self._straggler(entry, value, parse_labels(labels))
         for report in beat.jobs:
             await self.jobs.on_report(entry.node_id, report)
         if beat.logs:
             await self.jobs.on_logs(list(beat.logs))
+
+    async def _straggler(self, entry: NodeEntry, ratio: float, labels: dict[str, str]) -> None:
+        node_id = await self.jobs.on_straggler(labels.get("job", ""), labels.get("rank", ""), ratio)
+        if node_id and self.quarantine_stragglers:
+            await self.membership.set_admin(
+                node_id, "quarantine", f"straggler: {ratio:.1f}x slower than its job's peers"
+            )
+
+    async def _export_signals(self) -> None:
+        exporter = SignalExporter()
+        while not self._stop.is_set():
+            try:
+                exporter.export_table(self.signals, time.time(), max_age_s=30.0)
+            except Exception:
+                logger.exception("signal export failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=5.0)
 
     async def _apply_health(self, entry: NodeEntry) -> None:
         health, reasons = self.signals.health(entry.node_id)

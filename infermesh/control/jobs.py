@@ -38,6 +38,9 @@ tracer = get_tracer(__name__)
 
 JOB_TRANSITIONS = counter("infermesh_job_transitions", "Job status changes", ["cell", "job"])
 JOB_STEP = gauge("infermesh_job_step", "Latest training step reported", ["cell", "job"])
+STRAGGLERS = counter(
+    "infermesh_job_stragglers", "Straggler reports from jobs' comm hooks", ["cell", "job", "node"]
+)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$")
 MAX_LOG_LINES = 20_000
 PROGRESS_PERSIST_S = 5.0
@@ -305,6 +308,20 @@ class JobManager:
             await self._save(job)
             persisted = now
         self._progress[job.job_id] = (report.step, now, persisted)
+
+    async def on_straggler(self, job_id: str, rank: str, ratio: float) -> str | None:
+        """A worker's hook found ``rank`` slow: record it; return the node that hosts it."""
+        job = self.jobs.get(job_id)
+        if job is None or JobStatus(job.status).terminal or not rank.isdigit():
+            return None
+        index = int(rank) // max(1, job.spec.nproc_per_node)
+        node_id = job.nodes[index] if index < len(job.nodes) else ""
+        STRAGGLERS.labels(cell=self.cell, job=job_id, node=node_id or "?").inc()
+        reason = f"rank {rank} on {node_id or '?'} is a straggler: {ratio:.1f}x its peers' time"
+        job.message = reason
+        await self._event(job, job.status, JobStatus(job.status), reason)
+        await self._save(job)
+        return node_id or None
 
     async def on_logs(self, lines: list[pb.LogLine]) -> None:
         by_job: dict[str, list[pb.LogLine]] = {}

@@ -94,6 +94,8 @@ class CollectiveMessage:
     records: tuple[CollectiveRecord, ...]
     dropped: int = 0
     """Messages this sender dropped (agent absent or slow) since its previous message."""
+    stragglers: tuple[tuple[int, int, float, float], ...] = ()
+    """(step, rank, busy seconds/step, other ranks' median) of ranks the hook found slow."""
 
     def encode(self) -> bytes:
         rows = [
@@ -102,6 +104,8 @@ class CollectiveMessage:
         ]
         doc = {"v": VERSION, "job": self.job, "rank": self.rank, "dropped": self.dropped}
         doc["records"] = rows
+        if self.stragglers:
+            doc["stragglers"] = [list(s) for s in self.stragglers]
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -120,7 +124,17 @@ class CollectiveMessage:
                 )
                 for ts, step, alg, comp, grp, nb, s, e in doc["records"]
             )
-            return cls(str(doc["job"]), int(doc["rank"]), records, int(doc.get("dropped", 0)))
+            stragglers = tuple(
+                (int(step), int(rank), float(busy), float(others))
+                for step, rank, busy, others in doc.get("stragglers", ())
+            )
+            return cls(
+                str(doc["job"]),
+                int(doc["rank"]),
+                records,
+                int(doc.get("dropped", 0)),
+                stragglers,
+            )
         except UsageError:
             raise
         except (ValueError, KeyError, TypeError) as exc:
@@ -139,6 +153,7 @@ class CollectiveSender:
         self.endpoint, self.job, self.rank, self.batch = endpoint, job, rank, batch
         self._lock = threading.Lock()
         self._pending: list[CollectiveRecord] = []
+        self._stragglers: list[tuple[int, int, float, float]] = []
         self.dropped = 0
         self.sent = 0
         self._unreported = 0
@@ -160,15 +175,27 @@ class CollectiveSender:
             if len(self._pending) >= self.batch:
                 self._flush_locked()
 
+    def straggler(self, step: int, rank: int, busy_s: float, others_median_s: float) -> None:
+        """Report a slow rank (sent with the next flush)."""
+        with self._lock:
+            self._stragglers.append((step, rank, busy_s, others_median_s))
+
     def flush(self) -> None:
         with self._lock:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
-        if not self._pending or self._sock.closed:
+        if not (self._pending or self._stragglers) or self._sock.closed:
             return
-        msg = CollectiveMessage(self.job, self.rank, tuple(self._pending), self._unreported)
+        msg = CollectiveMessage(
+            self.job,
+            self.rank,
+            tuple(self._pending),
+            self._unreported,
+            tuple(self._stragglers),
+        )
         self._pending = []
+        self._stragglers = []
         try:
             self._sock.send(msg.encode(), zmq.NOBLOCK)
             self.sent += 1
@@ -274,12 +301,20 @@ class CollectiveCollector(Collector):
     def collect(self, now: float) -> list[Sample]:
         interval: dict[str, _Interval] = defaultdict(_Interval)
         touched: set[str] = set()
+        out_events: list[Sample] = []
         dropped = False
         for msg in self.receiver.receive():
             if msg.dropped:
                 self._dropped += msg.dropped
                 dropped = True
             rank = str(msg.rank)
+            for step, slow, busy, others in msg.stragglers:
+                ratio = busy / others if others > 0 else 0.0
+                labels = format_labels(job=msg.job, rank=str(slow))
+                out_events.append(Sample("train.straggler", ratio, now, labels))
+                logger.warning(
+                    "job %s: rank %d is a straggler at step %d (%.1fx)", msg.job, slow, step, ratio
+                )
             for r in msg.records:
                 link = link_class(r.group)
                 key = format_labels(job=msg.job, rank=rank, link=link, strategy=r.algorithm)
@@ -293,7 +328,7 @@ class CollectiveCollector(Collector):
                 iv.bytes += r.bytes
                 iv.seconds += r.seconds
                 iv.ts = max(iv.ts, r.ts)
-        out: list[Sample] = []
+        out: list[Sample] = out_events
         for key in touched:
             t = self._totals[key]
             out.append(Sample("comm.allreduce_bytes", t.bytes, t.ts, key))

@@ -153,6 +153,14 @@ _TABLE = [
         "the collectives that ran on it (algorithm bandwidth, not bus bandwidth).",
     ),
     _spec("comm.dropped", COUNTER, "messages", "", "Collective messages the agent dropped."),
+    _spec(
+        "train.straggler",
+        EVENT,
+        "ratio",
+        "job, rank",
+        "A rank the MeshHook found slower than the others for several windows "
+        "(busy time per step over the other ranks' median).",
+    ),
 ]
 
 SIGNALS: dict[str, SignalSpec] = {s.name: s for s in _TABLE}

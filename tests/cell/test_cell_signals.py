@@ -71,3 +71,58 @@ def test_injected_xid_quarantines_the_node_with_the_reason(coord, tmp_path):
             assert undrained.status == "ALIVE" and "cleared" in undrained.status_reason
     finally:
         _stop(coord, agent)
+
+
+@pytest.mark.slow
+def test_straggler_from_a_worker_reaches_the_job_and_can_quarantine_its_node(tmp_path):
+    """Worker hook -> zmq IPC -> agent -> heartbeat -> coordinator: event, message, quarantine."""
+    from infermesh.client.coordinator import pb
+    from infermesh.signal.collective import CollectiveSender
+
+    coord = ThreadedCoordinator(quarantine_stragglers=True)
+    socket_path = str(tmp_path / "sig.sock")
+    telemetry = Telemetry.for_node(collective_socket=socket_path)
+    agents = []
+    try:
+        agents = [
+            _start(coord, "n0", telemetry, tmp_path),
+            _start(coord, "n1", Telemetry([create_collector("host")]), tmp_path),
+        ]
+        with CoordinatorClient(coord.address) as c:
+            wait_for(lambda: len(c.list_nodes()) == 2, 10, "registration")
+            script = tmp_path / "idle.py"
+            script.write_text("import time\ntime.sleep(60)\n")
+            spec = pb.JobSpec(
+                name="slow", entrypoint=str(script), nproc_per_node=1, nodes_min=2, nodes_max=2
+            )
+            job = c.submit_job(spec).job
+            running = wait_for(
+                lambda: (j := c.get_job(job.job_id).job).status == "RUNNING" and j, 60, "RUNNING"
+            )
+            host = list(running.nodes)[1]  # rank 1's node
+            sender = CollectiveSender(telemetry.collective_endpoint, job=job.job_id, rank=0)
+            sender.straggler(step=40, rank=1, busy_s=0.3, others_median_s=0.1)
+            sender.flush()
+            detail = wait_for(
+                lambda: "straggler" in (d := c.get_job(job.job_id)).job.message and d,
+                10,
+                "the straggler report",
+            )
+            events = [e.reason for e in detail.events]
+            assert f"rank 1 on {host} is a straggler: 3.0x its peers' time" in events
+            node = wait_for(
+                lambda: (
+                    (n := {x.spec.node_id: x for x in c.list_nodes()}[host]).status == "QUARANTINED"
+                    and n
+                ),
+                10,
+                "quarantine",
+            )
+            assert node.status_reason.startswith("straggler: 3.0x")
+            sender.close()
+            c.cancel_job(job.job_id)
+    finally:
+        for agent in agents:
+            _stop(coord, agent)
+        coord.close()
+        telemetry.close()

@@ -416,6 +416,10 @@ class MeshHook:
                 self.stragglers.append(event)
                 if self.rank == 0:
                     logger.warning("%s", event.describe())
+                    if self.signal is not None:  # the agent tells the coordinator
+                        self.signal.straggler(
+                            event.step, event.rank, event.busy_s, event.others_median_s
+                        )
             for rank in range(self.world):
                 flagged = 1.0 if rank in self.detector.reported else 0.0
                 _STRAGGLER.labels(job=self._labels["job"], rank=str(rank)).set(flagged)
