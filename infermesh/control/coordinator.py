@@ -82,6 +82,7 @@ class Coordinator:
             suspect_after_s=suspect,
             dead_after_s=dead,
             heartbeat_interval_s=interval,
+            liveness_leases=self.store_url.startswith("etcd://"),
         )
         self.jobs = JobManager(self.records, self.membership)
         self.signals = SignalTable()

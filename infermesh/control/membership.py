@@ -15,6 +15,7 @@ handled in memory; the store is written only on state changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 
 from infermesh.client.generated import coordinator_pb2 as pb
 from infermesh.control.records import Records
+from infermesh.control.store import LeaseNotFound
 from infermesh.core.cell import NodeInfo, NodeStatus
 from infermesh.core.errors import UsageError
 from infermesh.obs.metrics import counter, gauge
@@ -118,6 +120,7 @@ class Membership:
         suspect_after_s: float = 3.0,
         dead_after_s: float = 10.0,
         heartbeat_interval_s: float = 1.0,
+        liveness_leases: bool = False,
     ) -> None:
         if not 0 < suspect_after_s < dead_after_s:
             raise UsageError(
@@ -132,6 +135,10 @@ class Membership:
         self.nodes: dict[str, NodeEntry] = {}
         self.listeners: list[Listener] = []
         self.heartbeats = 0
+        self.liveness_leases = liveness_leases
+        """Mirror liveness as store leases (etcd mode): ``alive/<node>`` exists while the
+        node is not DEAD, so anything watching the store sees nodes come and go."""
+        self._leases: dict[str, tuple[int, float]] = {}  # node -> (lease id, last keepalive)
         self._heartbeat_metric = HEARTBEATS.labels(cell=self.cell)
 
     async def load(self) -> None:
@@ -156,6 +163,7 @@ class Membership:
             NODES.labels(cell=self.cell).set(len(self.nodes))
             await self._persist_event(entry, "", NodeStatus.ALIVE, "registered (epoch 1)")
             await self.records.put("nodes", spec.node_id, entry.node)
+            await self._grant_lease(entry)
             await self._notify(spec.node_id, NodeStatus.DEAD, NodeStatus.ALIVE, "registered")
             return entry.node
         fresh = entry.liveness is NodeStatus.DEAD or epoch != entry.node.epoch
@@ -176,6 +184,8 @@ class Membership:
         entry.liveness = NodeStatus.ALIVE
         reason = f"registered again (epoch {entry.node.epoch})" if fresh else "reconnected"
         await self._changed(entry, old, reason, force_event=fresh)
+        if fresh or entry.node_id not in self._leases:
+            await self._grant_lease(entry)
         if fresh:
             await self._notify(spec.node_id, NodeStatus.DEAD, entry.shown_status(), reason)
         return entry.node
@@ -224,9 +234,40 @@ class Membership:
         await self._changed(entry, old, reason or f"{action} requested", force_event=True)
         return entry.node
 
+    async def _grant_lease(self, entry: NodeEntry) -> None:
+        if not self.liveness_leases:
+            return
+        store = self.records.store
+        old = self._leases.pop(entry.node_id, None)
+        if old is not None:
+            with contextlib.suppress(LeaseNotFound):
+                await store.revoke_lease(old[0])
+        lease = await store.grant_lease(self.dead_after_s)
+        await store.put(
+            self.records.key("alive", entry.node_id), str(entry.node.epoch).encode(), lease=lease
+        )
+        self._leases[entry.node_id] = (lease, time.monotonic())
+
+    async def _keep_leases(self, now: float) -> None:
+        store = self.records.store
+        for node_id, (lease, last) in list(self._leases.items()):
+            entry = self.nodes[node_id]
+            if entry.liveness is NodeStatus.DEAD:
+                del self._leases[node_id]
+                with contextlib.suppress(LeaseNotFound):
+                    await store.revoke_lease(lease)
+            elif now - last > self.dead_after_s / 3 and now - entry.last_seen < self.dead_after_s:
+                try:
+                    await store.keepalive(lease)
+                    self._leases[node_id] = (lease, now)
+                except LeaseNotFound:
+                    await self._grant_lease(entry)
+
     async def check(self) -> None:
         """Advance liveness of silent nodes (called a few times per second)."""
         now = time.monotonic()
+        if self._leases:
+            await self._keep_leases(now)
         for entry in list(self.nodes.values()):
             silent = now - entry.last_seen
             if entry.liveness is NodeStatus.ALIVE and silent > self.suspect_after_s:

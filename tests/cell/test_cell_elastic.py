@@ -26,11 +26,33 @@ TRAIN = [
 
 
 @pytest.fixture
-def cell(tmp_path: Path):
-    c = Cell(tmp_path)
+def etcd():
+    import os
+
+    from infermesh.control.store import etcd_testing
+
+    reason = etcd_testing.unavailable_reason()
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"CI must run the etcd tests, but {reason}")
+    if reason:
+        pytest.skip(reason)
+    with etcd_testing.EtcdServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite"])
+def cell(request, tmp_path: Path):
+    store = ""
+    if request.param == "etcd":
+        server = request.getfixturevalue("etcd")
+        store = str(server.url)
+    c = Cell(tmp_path, store=store)
     c.start_coordinator()
     yield c
     c.close()
+
+
+both_stores = pytest.mark.parametrize("cell", ["sqlite", "etcd"], indirect=True)
 
 
 def _run(cell: Cell, tmp_path: Path, nnodes: str):
@@ -70,6 +92,7 @@ def _finish(proc, out: Path, timeout_s: float = 150.0) -> str:
     return text
 
 
+@both_stores
 def test_killing_an_agent_mid_run_replans_and_resumes_from_the_checkpoint(cell, tmp_path):
     for i in range(3):
         cell.start_agent(f"node-{i}")
@@ -128,6 +151,7 @@ def test_quarantining_a_node_moves_its_job_off_it(cell, tmp_path):
         assert node1.status == "QUARANTINED" and node1.status_reason == "xid 79 on gpu 0"
 
 
+@both_stores
 def test_coordinator_sigkill_and_restart_loses_nothing_and_does_not_restart_the_job(cell, tmp_path):
     cell.start_agent("node-0")
     cell.start_agent("node-1")
