@@ -29,7 +29,8 @@ fmt: setup  ## format and auto-fix with ruff
 	@$(BIN)/ruff format infermesh sim tests benchmarks examples
 	@$(BIN)/ruff check --fix infermesh sim tests benchmarks examples
 
-lint: setup  ## ruff lint and format check
+lint: setup  ## ruff lint and format check; generated gRPC code matches proto/
+	@PY=$(PY) ./scripts/gen_proto.sh --check
 	@$(BIN)/ruff check infermesh sim tests benchmarks examples
 	@$(BIN)/ruff format --check infermesh sim tests benchmarks examples
 

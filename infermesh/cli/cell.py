@@ -59,6 +59,15 @@ async def _until_signal() -> None:
     await stop.wait()
 
 
+def _metrics(port: int, host: str) -> None:
+    if port < 0:
+        return
+    from infermesh.obs.metrics import serve
+
+    bound = serve(check_port(port), addr=host)
+    typer.echo(f"infermesh: metrics at http://{host}:{bound}/metrics")
+
+
 def _parse_labels(labels: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in labels:
@@ -81,10 +90,12 @@ def coordinator_start(
     quarantine_stragglers: bool = typer.Option(
         False, help="Quarantine a node whose rank a job's comm hook reports as a straggler."
     ),
+    metrics_port: int = typer.Option(-1, help="Serve Prometheus /metrics here (0: any port)."),
     log_level: str = typer.Option("INFO", help="Log level."),
 ) -> None:
     """Start the coordinator of one cell and serve until Ctrl-C."""
     _logging(log_level)
+    _metrics(metrics_port, host)
 
     async def main() -> None:
         Path(state_dir).mkdir(parents=True, exist_ok=True)
@@ -124,10 +135,12 @@ def agent_start(
     fake_gpus: int = typer.Option(
         0, help="Report this many scripted fake GPUs (tests and demos only)."
     ),
+    metrics_port: int = typer.Option(-1, help="Serve Prometheus /metrics here (0: any port)."),
     log_level: str = typer.Option("INFO", help="Log level."),
 ) -> None:
     """Register this machine with the coordinator and run the work it assigns."""
     _logging(log_level)
+    _metrics(metrics_port, "0.0.0.0")
 
     async def main() -> None:
         address = resolve_address(coordinator or None)

@@ -36,7 +36,7 @@ from infermesh.signal.fusion import Health, SignalTable
 logger = logging.getLogger(__name__)
 
 STRAGGLER = "train.straggler"
-TELEMETRY = counter("infermesh_coordinator_samples", "Telemetry samples ingested", ["cell"])
+TELEMETRY = counter("infermesh_coordinator_samples", "Telemetry samples ingested", ("cell",))
 
 
 def default_store_url(state_dir: str | Path) -> str:

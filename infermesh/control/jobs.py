@@ -36,10 +36,10 @@ from infermesh.train.planning.placement import format_placement, plan_placement
 logger = logging.getLogger(__name__)
 tracer = get_tracer(__name__)
 
-JOB_TRANSITIONS = counter("infermesh_job_transitions", "Job status changes", ["cell", "job"])
-JOB_STEP = gauge("infermesh_job_step", "Latest training step reported", ["cell", "job"])
+JOB_TRANSITIONS = counter("infermesh_job_transitions", "Job status changes", ("cell", "job"))
+JOB_STEP = gauge("infermesh_job_step", "Latest training step reported", ("cell", "job"))
 STRAGGLERS = counter(
-    "infermesh_job_stragglers", "Straggler reports from jobs' comm hooks", ["cell", "job", "node"]
+    "infermesh_job_stragglers", "Straggler reports from jobs' comm hooks", ("cell", "job", "node")
 )
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$")
 MAX_LOG_LINES = 20_000

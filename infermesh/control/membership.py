@@ -33,11 +33,11 @@ logger = logging.getLogger(__name__)
 
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
-HEARTBEATS = counter("infermesh_coordinator_heartbeats", "Heartbeats received", ["cell"])
+HEARTBEATS = counter("infermesh_coordinator_heartbeats", "Heartbeats received", ("cell",))
 TRANSITIONS = counter(
-    "infermesh_node_transitions", "Node status changes by new status", ["cell", "node"]
+    "infermesh_node_transitions", "Node status changes by new status", ("cell", "node")
 )
-NODES = gauge("infermesh_nodes", "Nodes known to the coordinator", ["cell"])
+NODES = gauge("infermesh_nodes", "Nodes known to the coordinator", ("cell",))
 
 
 class DuplicateNode(UsageError):

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from infermesh.client.generated import coordinator_pb2 as pb
 from infermesh.core.errors import InferMeshError, UsageError
@@ -30,7 +31,7 @@ from infermesh.obs.tracing import get_tracer
 logger = logging.getLogger(__name__)
 tracer = get_tracer(__name__)
 
-ROUNDS = counter("infermesh_rendezvous_rounds", "Rendezvous rounds closed", ["cell", "job"])
+ROUNDS = counter("infermesh_rendezvous_rounds", "Rendezvous rounds closed", ("cell", "job"))
 
 
 class RendezvousClosed(InferMeshError):
@@ -51,7 +52,7 @@ class RunState:
 
 Expected = Callable[[str], "tuple[list[str], int, int] | None"]
 """run id -> (expected node ids in rank order, nodes_min, nodes_max) for coordinator jobs."""
-OnRound = Callable[[str, int, list[str]], Awaitable[None]]
+OnRound = Callable[[str, int, list[str]], Coroutine[Any, Any, None]]
 
 
 class Rendezvous:

@@ -126,3 +126,33 @@ def test_straggler_from_a_worker_reaches_the_job_and_can_quarantine_its_node(tmp
             _stop(coord, agent)
         coord.close()
         telemetry.close()
+
+
+def test_coordinator_and_agent_metrics_are_served_over_http(coord, tmp_path):
+    import urllib.request
+
+    from infermesh.obs.metrics import serve
+
+    port = serve(0, addr="127.0.0.1")
+    fake = create_collector("fake_nvml", gpus=2)
+    agent = _start(coord, "gpu-m", Telemetry([create_collector("host"), fake]), tmp_path)
+    try:
+        with CoordinatorClient(coord.address) as c:
+            wait_for(lambda: c.list_nodes(), 10, "registration")
+            wait_for(lambda: c.get_node("gpu-m").signals, 10, "signals")
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.read().decode()
+
+        def exported() -> str:
+            text = scrape()
+            return text if 'node="gpu-m"' in text and "infermesh_gpu_" in text else ""
+
+        text = wait_for(exported, 15, "node signal gauges")
+        assert 'infermesh_coordinator_heartbeats_total{cell="local"}' in text
+        assert 'infermesh_nodes{cell="local"}' in text
+        assert 'infermesh_coordinator_samples_total{cell="local"}' in text
+        assert "request_id" not in text  # no unbounded label values
+    finally:
+        _stop(coord, agent)
