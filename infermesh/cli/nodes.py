@@ -42,7 +42,7 @@ def ls(coordinator: CoordinatorOpt = None, json: JsonOpt = False) -> None:
     if json:
         print_json(pb.ListNodesResponse(nodes=nodes))
         return
-    t = table("NODE", "STATUS", "SINCE", "SLOTS", "GPUS", "HEARTBEAT", "RACK", "JOBS")
+    t = table("NODE", "STATUS", "SINCE", "SLOTS", "GPUS", "HEALTH", "HEARTBEAT", "RACK", "JOBS")
     for n in nodes:
         t.add_row(
             n.spec.node_id,
@@ -50,6 +50,7 @@ def ls(coordinator: CoordinatorOpt = None, json: JsonOpt = False) -> None:
             ago(n.status_since),
             f"{n.used_slots}/{n.spec.slots}",
             _gpus(n),
+            _health(n),
             ago(n.last_heartbeat),
             n.spec.rack or "-",
             ",".join(n.jobs) or "-",
@@ -58,6 +59,15 @@ def ls(coordinator: CoordinatorOpt = None, json: JsonOpt = False) -> None:
     out.print(t)
     if not nodes:
         out.print("no nodes registered; start agents with `infermesh agent start`")
+
+
+def _health(n: pb.Node) -> str:
+    """``ok``, or the status with its reason (``quarantine: XID 79 on gpu 2 ...``)."""
+    if not n.health:
+        return "-"
+    if n.health == "ok" or not n.health_reason:
+        return n.health
+    return f"{n.health}: {n.health_reason}"
 
 
 def _detail(client: CoordinatorClient, node_id: str) -> pb.NodeDetail:
@@ -101,8 +111,17 @@ def show(node: NodeArg, coordinator: CoordinatorOpt = None, json: JsonOpt = Fals
         rows.append(("gpus", gpus))
     else:
         rows.append(("gpus", f"none ({spec.no_gpu_reason or 'not reported'})"))
+    rows.append(("health", _health(n)))
     for key, value in rows:
         out.print(f"  {key + ':':<12} {value}", markup=False, highlight=False)
+    if detail.signals:
+        out.print(f"signals ({len(detail.signals)} fresh, {len(detail.stale)} too old):")
+        t = table("  SIGNAL", "LABELS", "VALUE", "AGE")
+        for sig in detail.signals:
+            t.add_row(f"  {sig.name}", sig.labels or "-", f"{sig.value:.4g}", f"{sig.age_s:.1f} s")
+        out.print(t)
+    if detail.stale:
+        out.print("  too old: " + ", ".join(detail.stale), markup=False, highlight=False)
     if detail.events:
         out.print("events:")
         t = table("  WHEN", "FROM", "TO", "REASON")

@@ -20,6 +20,7 @@ def test_nodes_ls_shows_every_registered_node_with_its_slots(cell: CellThread) -
         "SINCE",
         "SLOTS",
         "GPUS",
+        "HEALTH",
         "HEARTBEAT",
         "RACK",
         "JOBS",

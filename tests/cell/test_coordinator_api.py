@@ -287,3 +287,18 @@ def test_rendezvous_closes_when_max_nodes_joined_and_orders_by_address(coord):
     assert (ra.group_rank, rb.group_rank) == (0, 1)
     assert ra.master_addr == rb.master_addr == "10.0.0.1" and ra.round == 1
     assert list(ra.nodes) == ["a", "b"]
+
+
+def test_placement_and_rendezvous_are_traced(coord, client):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from infermesh.obs.tracing import add_exporter
+
+    exporter = InMemorySpanExporter()
+    add_exporter(exporter)
+    _register(coord, "node-a")
+    job = client.submit_job(_job()).job
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert spans["placement.plan"].attributes["job"] == job.job_id
+    assert spans["placement.plan"].attributes["nodes_chosen"] == 1
+    assert spans["coordinator.submit"].attributes["job"] == job.job_id
