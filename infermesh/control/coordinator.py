@@ -36,6 +36,8 @@ from infermesh.signal.fusion import Health, SignalTable
 logger = logging.getLogger(__name__)
 
 STRAGGLER = "train.straggler"
+KEEP_REVISIONS = 10_000
+"""Store history kept for watches; older revisions are compacted every minute."""
 TELEMETRY = counter("infermesh_coordinator_samples", "Telemetry samples ingested", ("cell",))
 
 
@@ -103,7 +105,7 @@ class Coordinator:
         self.port = bound
         await self.server.start()
         self._tasks.append(asyncio.create_task(self.membership.run_monitor(self._stop)))
-        self._tasks.append(asyncio.create_task(self._export_signals()))
+        self._tasks.append(asyncio.create_task(self._maintain()))
         logger.info(
             "coordinator for cell %s listening on %s (store %s)",
             self.cell,
@@ -153,13 +155,20 @@ class Coordinator:
                 node_id, "quarantine", f"straggler: {ratio:.1f}x slower than its job's peers"
             )
 
-    async def _export_signals(self) -> None:
+    async def _maintain(self) -> None:
+        """Every 5 s: export the fused signals; every minute: compact the store's history."""
         exporter = SignalExporter()
+        ticks = 0
         while not self._stop.is_set():
             try:
                 exporter.export_table(self.signals, time.time(), max_age_s=30.0)
+                ticks += 1
+                if ticks % 12 == 0:
+                    revision = await self.store.revision()
+                    if revision > KEEP_REVISIONS:
+                        await self.store.compact(revision - KEEP_REVISIONS)
             except Exception:
-                logger.exception("signal export failed")
+                logger.exception("coordinator maintenance failed")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=5.0)
 
