@@ -1,0 +1,451 @@
+"""Heartbeat load on one coordinator: CPU, round trip p50/p99, time to detect a dead node.
+
+One coordinator process (``infermesh coordinator start``, SQLite store in a temporary
+directory, pinned to core 0) and one client process (pinned to core 1) that registers
+``--agents`` simulated agents and keeps one Heartbeat stream open per agent, multiplexed
+over one gRPC channel per ``--streams-per-channel`` streams. Each agent sends one heartbeat
+a second with 20 telemetry samples; the agents' send times are spread evenly over the second.
+
+Measured over a steady window (``--duration`` seconds after ``--warmup``):
+
+* coordinator CPU % (psutil, user + system over the window) and its memory;
+* heartbeat round trip: the client's send -> the reply carrying that ``ack_seq`` (p50/p99);
+  *one way*: the agent's ``sent_at`` -> the coordinator's ``received_at`` (same clock);
+* client CPU % and how late the client sent (if the client is the bottleneck, it shows here).
+
+Then two agents stop: one goes *silent* (its stream stays open, nothing more is sent), one
+*closes* its stream (the RPC is cancelled, like an agent that died). A poller reads
+``ListEvents`` for both nodes every 100 ms and reports the time from the agent's last
+heartbeat (silent) or from the close (closed) until the coordinator's SUSPECT and DEAD
+events, by the coordinator's event time stamps.
+
+    nice .venv/bin/python benchmarks/control/bench_heartbeats.py [--agents 1000 10000]
+        [--runs 3] [--duration 20] [--store sqlite|memory] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import REPO, CoordinatorProcess, load_average, median, percentile, pin
+
+from infermesh.client.coordinator import async_stub, pb
+
+SAMPLES = 20
+POLL_S = 0.1
+
+
+# ------------------------------------------------------------------ client (own process)
+def telemetry_template() -> pb.TelemetryBatch:
+    """20 samples like an 8-GPU node's: utilisation, memory and power per GPU, 4 host ones."""
+    batch = pb.TelemetryBatch()
+    now = time.time()
+    names = [("gpu_util", g) for g in range(8)] + [("gpu_mem_used_bytes", g) for g in range(8)]
+    for name, gpu in names:
+        batch.name.append(name)
+        batch.value.append(float(gpu * 7 % 100))
+        batch.ts.append(now)
+        batch.labels.append(f"gpu={gpu}")
+    for name in ("cpu_util", "mem_used_bytes", "net_rx_bytes", "net_tx_bytes"):
+        batch.name.append(name)
+        batch.value.append(1.0)
+        batch.ts.append(now)
+        batch.labels.append("")
+    assert len(batch.name) == SAMPLES
+    return batch
+
+
+def node_spec(i: int) -> pb.NodeSpec:
+    node_id = f"sim-{i:05d}"
+    gpus = [
+        pb.Gpu(index=g, uuid=f"GPU-{i:05d}-{g}", name="sim", memory_bytes=80 << 30)
+        for g in range(8)
+    ]
+    return pb.NodeSpec(
+        node_id=node_id,
+        hostname=f"host-{i:05d}",
+        rack=f"rack-{i // 40}",
+        gpus=gpus,
+        cpus=64,
+        memory_bytes=512 << 30,
+        addresses=[f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"],
+        slots=8,
+    )
+
+
+@dataclass
+class SimAgent:
+    index: int
+    node_id: str
+    epoch: int
+    call: Any = None
+    seq: int = 0
+    sent: dict[int, tuple[float, float]] = field(default_factory=dict)  # seq -> (perf, wall)
+    silent: bool = False
+    last_sent_wall: float = 0.0
+    acked_after_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    stop_after_seq: int = -1
+
+
+class Client:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.template = telemetry_template()
+        self.rtt: list[float] = []
+        self.one_way: list[float] = []
+        self.late: list[float] = []
+        self.in_window = False
+        self.lost = 0
+        self.errors: list[str] = []
+
+    def say(self, *words: object) -> None:
+        print(*words, flush=True)
+
+    async def run(self) -> dict[str, Any]:
+        args = self.args
+        n = args.agents
+        n_channels = max(1, math.ceil(n / args.streams_per_channel))
+        channels = [async_stub(args.address) for _ in range(n_channels)]
+        admin_channel, admin = async_stub(args.address)
+        try:
+            return await self._run(n, [s for _, s in channels], admin)
+        finally:
+            for channel, _ in channels:
+                await channel.close(grace=None)
+            await admin_channel.close(grace=None)
+
+    async def _run(self, n: int, stubs: list[Any], admin: Any) -> dict[str, Any]:
+        args = self.args
+        agents: list[SimAgent] = []
+        limit = asyncio.Semaphore(64)
+
+        async def register(i: int) -> None:
+            async with limit:
+                reply = await stubs[i % len(stubs)].Register(
+                    pb.RegisterRequest(spec=node_spec(i)), timeout=60
+                )
+            agents.append(SimAgent(i, f"sim-{i:05d}", reply.epoch))
+
+        t0 = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(register(i) for i in range(n))), 600)
+        register_s = time.perf_counter() - t0
+        agents.sort(key=lambda a: a.index)
+        self.say("registered", f"{register_s:.2f}")
+
+        start = time.monotonic() + 1.0
+        window_start = start + args.warmup
+        window_end = window_start + args.duration
+        hard_end = window_end + args.dead_after + 15.0
+        for agent in agents:
+            agent.call = stubs[agent.index % len(stubs)].Heartbeat()
+        tasks = [asyncio.create_task(self._beat(a, start + a.index / n, hard_end)) for a in agents]
+        tasks += [asyncio.create_task(self._read(a, hard_end)) for a in agents]
+        detect: dict[str, Any] = {}
+        try:
+            await _sleep_until(window_start)
+            self.in_window = True
+            self.say("window-start")
+            await _sleep_until(window_end)
+            self.in_window = False
+            self.say("window-end")
+            detect = await self._detect(agents, admin, hard_end)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for agent in agents:
+                agent.call.cancel()
+        return {
+            "agents": n,
+            "channels": len(stubs),
+            "register_s": register_s,
+            "beats": len(self.rtt),
+            "rtt_p50_ms": percentile(self.rtt, 0.5) * 1e3,
+            "rtt_p99_ms": percentile(self.rtt, 0.99) * 1e3,
+            "rtt_max_ms": max(self.rtt, default=float("nan")) * 1e3,
+            "one_way_p50_ms": percentile(self.one_way, 0.5) * 1e3,
+            "one_way_p99_ms": percentile(self.one_way, 0.99) * 1e3,
+            "late_p99_ms": percentile(self.late, 0.99) * 1e3,
+            "expected_beats": round(n * args.duration),
+            "errors": self.errors[:5],
+            **detect,
+        }
+
+    async def _beat(self, agent: SimAgent, first: float, end: float) -> None:
+        due = first
+        while due < end and not agent.silent:
+            await _sleep_until(due)
+            if agent.silent:
+                return
+            now = time.monotonic()
+            agent.seq += 1
+            wall = time.time()
+            beat = pb.AgentHeartbeat(
+                node_id=agent.node_id,
+                epoch=agent.epoch,
+                seq=agent.seq,
+                sent_at=wall,
+                telemetry=self.template,
+            )
+            agent.sent[agent.seq] = (time.perf_counter(), wall)
+            agent.last_sent_wall = wall
+            if self.in_window:
+                self.late.append(now - due)
+            try:
+                await agent.call.write(beat)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
+                self.errors.append(f"{agent.node_id} write: {error}")
+                return
+            due += 1.0
+
+    async def _read(self, agent: SimAgent, end: float) -> None:
+        while time.monotonic() < end:
+            try:
+                reply = await agent.call.read()
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.CANCELLED:
+                    self.errors.append(f"{agent.node_id} read: {error.code().name}")
+                return
+            if reply is grpc.aio.EOF:
+                return
+            got = time.perf_counter()
+            sent = agent.sent.pop(reply.ack_seq, None)
+            if reply.fenced:
+                self.errors.append(f"{agent.node_id} fenced: {reply.fenced}")
+            if sent is not None and self.in_window:
+                self.rtt.append(got - sent[0])
+                self.one_way.append(reply.received_at - sent[1])
+            if agent.stop_after_seq >= 0 and reply.ack_seq >= agent.stop_after_seq:
+                agent.acked_after_stop.set()
+
+    async def _detect(self, agents: list[SimAgent], admin: Any, end: float) -> dict[str, Any]:
+        """Silence one agent, close another's stream; time the SUSPECT and DEAD events."""
+        silent, closed = agents[len(agents) // 3], agents[2 * len(agents) // 3]
+        silent.silent = True  # its writer sends nothing more; the stream stays open
+        closed.stop_after_seq = closed.seq + 1
+        try:  # close right after an acknowledged beat, so "closed" starts from a live node
+            await asyncio.wait_for(closed.acked_after_stop.wait(), 10.0)
+        except asyncio.TimeoutError:
+            self.errors.append(f"{closed.node_id}: no reply within 10 s before closing")
+        closed.silent = True
+        closed.call.cancel()
+        closed_at = time.time()
+        self.say("stopped", silent.node_id, closed.node_id)
+        marks = {silent.node_id: silent.last_sent_wall, closed.node_id: closed_at}
+        names = {silent.node_id: "silent", closed.node_id: "closed"}
+        found: dict[str, float] = {}
+        polls = 0
+        while time.monotonic() < end and len(found) < 4:
+            polls += 1
+            for node_id, kind in names.items():
+                reply = await admin.ListEvents(
+                    pb.ListEventsRequest(subject=node_id, limit=10), timeout=10
+                )
+                for event in reply.events:
+                    key = f"{kind}_{event.to_state.lower()}_s"
+                    fresh = event.ts >= marks[node_id] - 0.001
+                    if event.to_state in ("SUSPECT", "DEAD") and key not in found and fresh:
+                        found[key] = event.ts - marks[node_id]
+            await asyncio.sleep(POLL_S)
+        out: dict[str, Any] = {"detect_polls": polls}
+        for kind in ("silent", "closed"):
+            for state in ("suspect", "dead"):
+                key = f"{kind}_{state}_s"
+                out[key] = found.get(key, float("nan"))
+        return out
+
+
+async def _sleep_until(deadline: float) -> None:
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def client_main(args: argparse.Namespace) -> int:
+    result = asyncio.run(Client(args).run())
+    print("result", json.dumps(result), flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------ orchestrator
+def run_once(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One coordinator, one client with ``n`` agents; the client's result plus CPU figures."""
+    with tempfile.TemporaryDirectory(prefix="infermesh-bench-") as tmp:
+        coordinator = CoordinatorProcess(
+            Path(tmp),
+            store="memory://" if args.store == "memory" else "",
+            core=0,
+            suspect_after_s=args.suspect_after,
+            dead_after_s=args.dead_after,
+        )
+        with coordinator:
+            argv = [
+                *pin(1),
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--role",
+                "client",
+                "--address",
+                coordinator.address,
+                "--agents",
+                str(n),
+                "--duration",
+                str(args.duration),
+                "--warmup",
+                str(args.warmup),
+                "--streams-per-channel",
+                str(args.streams_per_channel),
+                "--dead-after",
+                str(args.dead_after),
+            ]
+            budget = 600 + args.warmup + args.duration + args.dead_after + 60
+            client = subprocess.Popen(
+                argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+            watchdog = threading.Timer(budget, client.kill)
+            watchdog.start()
+            figures: dict[str, Any] = {}
+            result: dict[str, Any] | None = None
+            other: list[str] = []
+            cpu0 = ccpu0 = t0 = 0.0
+            try:
+                assert client.stdout is not None
+                for line in client.stdout:
+                    word = line.split(" ", 1)[0].strip()
+                    if word == "window-start":
+                        t0 = time.perf_counter()
+                        cpu0, ccpu0 = coordinator.cpu_seconds(), _cpu(client.pid)
+                    elif word == "window-end":
+                        wall = time.perf_counter() - t0
+                        figures["coord_cpu_pct"] = 100 * (coordinator.cpu_seconds() - cpu0) / wall
+                        figures["client_cpu_pct"] = 100 * (_cpu(client.pid) - ccpu0) / wall
+                        figures["coord_rss_mib"] = coordinator.rss_mib()
+                    elif word == "result":
+                        result = json.loads(line.split(" ", 1)[1])
+                    elif word not in ("registered", "stopped"):
+                        other.append(line)
+                client.wait(timeout=60)
+            finally:
+                watchdog.cancel()
+                if client.poll() is None:
+                    client.kill()
+                    client.wait()
+            if result is None or client.returncode != 0:
+                raise RuntimeError(
+                    f"the client (n={n}) failed with exit code {client.returncode}:\n"
+                    + "".join(other[-40:])
+                )
+            figures["coord_ready_s"] = coordinator.ready_s
+    return {**result, **figures}
+
+
+def _cpu(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+COLUMNS = [
+    ("agents", "agents", "{:,}"),
+    ("channels", "channels", "{:.0f}"),
+    ("coord CPU %", "coord_cpu_pct", "{:.0f}"),
+    ("CPU x (vs first row)", "cpu_ratio", "{:.1f}"),
+    ("coord RSS MiB", "coord_rss_mib", "{:.0f}"),
+    ("RTT p50 ms", "rtt_p50_ms", "{:.1f}"),
+    ("RTT p99 ms", "rtt_p99_ms", "{:.1f}"),
+    ("one-way p99 ms", "one_way_p99_ms", "{:.1f}"),
+    ("silent: SUSPECT s", "silent_suspect_s", "{:.2f}"),
+    ("silent: DEAD s", "silent_dead_s", "{:.2f}"),
+    ("closed: SUSPECT s", "closed_suspect_s", "{:.2f}"),
+    ("closed: DEAD s", "closed_dead_s", "{:.2f}"),
+    ("client CPU %", "client_cpu_pct", "{:.0f}"),
+    ("client late p99 ms", "late_p99_ms", "{:.1f}"),
+    ("beats acked / expected", "acked", "{}"),
+    ("register s", "register_s", "{:.1f}"),
+]
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of every numeric figure over the runs of one agent count."""
+    row: dict[str, Any] = {"runs": len(runs)}
+    for key, value in runs[0].items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            row[key] = median([float(r[key]) for r in runs])
+        else:
+            row[key] = value
+    row["acked"] = f"{median([r['beats'] for r in runs]):,.0f} / {runs[0]['expected_beats']:,}"
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    base = rows[0]["coord_cpu_pct"] if rows else float("nan")
+    lines = [
+        "| " + " | ".join(name for name, _, _ in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for row in rows:
+        row["cpu_ratio"] = row["coord_cpu_pct"] / base if base else float("nan")
+        cells = []
+        for _, key, fmt in COLUMNS:
+            value = row[key]
+            cells.append(fmt.format(int(value) if fmt == "{:,}" else value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--runs", type=int, default=3, help="runs per agent count (median)")
+    parser.add_argument("--duration", type=float, default=20.0, help="steady window, s")
+    parser.add_argument("--warmup", type=float, default=5.0, help="s before the window")
+    parser.add_argument("--streams-per-channel", type=int, default=500)
+    parser.add_argument("--store", choices=["sqlite", "memory"], default="sqlite")
+    parser.add_argument("--suspect-after", type=float, default=3.0)
+    parser.add_argument("--dead-after", type=float, default=10.0)
+    parser.add_argument("--json", default="", help="also write the rows here")
+    parser.add_argument("--role", choices=["bench", "client"], default="bench", help="internal")
+    parser.add_argument("--address", default="", help="internal: the coordinator (client role)")
+    args = parser.parse_args(argv)
+    if args.role == "client":
+        args.agents = args.agents[0]
+        return client_main(args)
+    bad = [n for n in args.agents if n < 3]
+    if bad or args.runs < 1 or args.duration <= 0 or args.streams_per_channel < 1:
+        parser.error(
+            "--agents must be >= 3, --runs >= 1, --duration > 0, --streams-per-channel >= 1"
+        )
+    print(f"# load average at start: {load_average()}; cores: {os.cpu_count()}", flush=True)
+    rows = []
+    for n in args.agents:
+        runs = []
+        for i in range(args.runs):
+            run = run_once(n, args)
+            print(f"# {n} agents, run {i + 1}: {json.dumps(run)}", flush=True)
+            runs.append(run)
+        rows.append(summarise(runs))
+    print(f"# load average at end: {load_average()}")
+    print(f"# store {args.store}; median of {args.runs} run(s); window {args.duration:.0f} s")
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
