@@ -62,10 +62,10 @@ class CoordinatorProcess:
         suspect_after_s: float = 3.0,
         dead_after_s: float = 10.0,
         ready_timeout_s: float = 120.0,
+        command: list[str] | None = None,
     ) -> None:
-        argv = [
-            *(pin(core) if core is not None else []),
-            sys.executable,
+        """``command`` replaces the CLI (a peer server that prints the same ready line)."""
+        cli = [
             "-c",
             CLI,
             "coordinator",
@@ -80,9 +80,9 @@ class CoordinatorProcess:
             str(dead_after_s),
             "--log-level",
             "WARNING",
+            *(["--store", store] if store else []),
         ]
-        if store:
-            argv += ["--store", store]
+        argv = [*(pin(core) if core is not None else []), sys.executable, *(command or cli)]
         self.argv = argv
         self.ready_timeout_s = ready_timeout_s
         self.address = ""

@@ -30,6 +30,7 @@ import asyncio
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _procs import REPO, CoordinatorProcess, load_average, median, percentile, pin
 
-from infermesh.client.coordinator import async_stub, pb
+from infermesh.client.coordinator import CHANNEL_OPTIONS, async_stub, pb
+from infermesh.client.generated import coordinator_pb2_grpc as pb_grpc
 
 SAMPLES = 20
 POLL_S = 0.1
@@ -111,7 +113,7 @@ class Client:
         self.one_way: list[float] = []
         self.late: list[float] = []
         self.in_window = False
-        self.lost = 0
+        self.sent_in_window = 0
         self.errors: list[str] = []
 
     def say(self, *words: object) -> None:
@@ -164,7 +166,8 @@ class Client:
             await _sleep_until(window_end)
             self.in_window = False
             self.say("window-end")
-            detect = await self._detect(agents, admin, hard_end)
+            if args.detect:
+                detect = await self._detect(agents, admin, hard_end)
         finally:
             for task in tasks:
                 task.cancel()
@@ -183,6 +186,7 @@ class Client:
             "one_way_p99_ms": percentile(self.one_way, 0.99) * 1e3,
             "late_p99_ms": percentile(self.late, 0.99) * 1e3,
             "expected_beats": round(n * args.duration),
+            "sent_beats": self.sent_in_window,
             "errors": self.errors[:5],
             **detect,
         }
@@ -207,6 +211,7 @@ class Client:
             agent.last_sent_wall = wall
             if self.in_window:
                 self.late.append(now - due)
+                self.sent_in_window += 1
             try:
                 await agent.call.write(beat)
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
@@ -283,14 +288,50 @@ def client_main(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ bare peer server
+class BareServicer(pb_grpc.CoordinatorServicer):
+    """The floor: gRPC only. Register says epoch 1; Heartbeat parses and acks every beat."""
+
+    async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
+        return pb.RegisterResponse(epoch=1, heartbeat_interval_s=1.0, cell="bare")
+
+    async def Heartbeat(self, request_iterator: Any, context: Any) -> Any:
+        async for beat in request_iterator:
+            yield pb.CoordinatorMessage(ack_seq=beat.seq, received_at=time.time())
+
+    async def ListEvents(
+        self, request: pb.ListEventsRequest, context: Any
+    ) -> pb.ListEventsResponse:
+        return pb.ListEventsResponse()
+
+
+def bare_main() -> int:
+    """Serve :class:`BareServicer` on a free port until SIGTERM (the CLI's ready line)."""
+
+    async def serve() -> None:
+        server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        pb_grpc.add_CoordinatorServicer_to_server(BareServicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(f"infermesh: coordinator of cell bare at 127.0.0.1:{port} (bare gRPC)", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.stop(0.5)
+
+    asyncio.run(serve())
+    return 0
+
+
 # ------------------------------------------------------------------ orchestrator
-def run_once(n: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_once(n: int, args: argparse.Namespace, *, bare: bool = False) -> dict[str, Any]:
     """One coordinator, one client with ``n`` agents; the client's result plus CPU figures."""
     with tempfile.TemporaryDirectory(prefix="infermesh-bench-") as tmp:
         coordinator = CoordinatorProcess(
             Path(tmp),
             store="memory://" if args.store == "memory" else "",
             core=0,
+            command=[str(Path(__file__).resolve()), "--role", "bare"] if bare else None,
             suspect_after_s=args.suspect_after,
             dead_after_s=args.dead_after,
         )
@@ -313,6 +354,7 @@ def run_once(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 str(args.streams_per_channel),
                 "--dead-after",
                 str(args.dead_after),
+                *([] if not bare else ["--no-detect"]),
             ]
             budget = 600 + args.warmup + args.duration + args.dead_after + 60
             client = subprocess.Popen(
@@ -333,7 +375,8 @@ def run_once(n: int, args: argparse.Namespace) -> dict[str, Any]:
                         cpu0, ccpu0 = coordinator.cpu_seconds(), _cpu(client.pid)
                     elif word == "window-end":
                         wall = time.perf_counter() - t0
-                        figures["coord_cpu_pct"] = 100 * (coordinator.cpu_seconds() - cpu0) / wall
+                        figures["coord_cpu_s"] = coordinator.cpu_seconds() - cpu0
+                        figures["coord_cpu_pct"] = 100 * figures["coord_cpu_s"] / wall
                         figures["client_cpu_pct"] = 100 * (_cpu(client.pid) - ccpu0) / wall
                         figures["coord_rss_mib"] = coordinator.rss_mib()
                     elif word == "result":
@@ -352,6 +395,9 @@ def run_once(n: int, args: argparse.Namespace) -> dict[str, Any]:
                     + "".join(other[-40:])
                 )
             figures["coord_ready_s"] = coordinator.ready_s
+    # CPU per heartbeat answered: a rate that holds when the shared core is contended
+    figures["us_per_beat"] = 1e6 * figures["coord_cpu_s"] / max(1, result["beats"])
+    figures["agents_per_core"] = 1e6 / figures["us_per_beat"]
     return {**result, **figures}
 
 
@@ -361,10 +407,13 @@ def _cpu(pid: int) -> float:
 
 
 COLUMNS = [
+    ("server", "server", "{}"),
     ("agents", "agents", "{:,}"),
     ("channels", "channels", "{:.0f}"),
     ("coord CPU %", "coord_cpu_pct", "{:.0f}"),
-    ("CPU x (vs first row)", "cpu_ratio", "{:.1f}"),
+    ("CPU µs / beat", "us_per_beat", "{:.0f}"),
+    ("µs x bare", "cpu_ratio", "{:.2f}"),
+    ("agents / core at 1 Hz", "agents_per_core", "{:,.0f}"),
     ("coord RSS MiB", "coord_rss_mib", "{:.0f}"),
     ("RTT p50 ms", "rtt_p50_ms", "{:.1f}"),
     ("RTT p99 ms", "rtt_p99_ms", "{:.1f}"),
@@ -375,7 +424,7 @@ COLUMNS = [
     ("closed: DEAD s", "closed_dead_s", "{:.2f}"),
     ("client CPU %", "client_cpu_pct", "{:.0f}"),
     ("client late p99 ms", "late_p99_ms", "{:.1f}"),
-    ("beats acked / expected", "acked", "{}"),
+    ("beats acked / sent / due", "acked", "{}"),
     ("register s", "register_s", "{:.1f}"),
 ]
 
@@ -388,21 +437,24 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             row[key] = median([float(r[key]) for r in runs])
         else:
             row[key] = value
-    row["acked"] = f"{median([r['beats'] for r in runs]):,.0f} / {runs[0]['expected_beats']:,}"
+    acked, sent = median([r["beats"] for r in runs]), median([r["sent_beats"] for r in runs])
+    row["acked"] = f"{acked:,.0f} / {sent:,.0f} / {runs[0]['expected_beats']:,}"
     return row
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    base = rows[0]["coord_cpu_pct"] if rows else float("nan")
+    """Markdown rows; *µs x bare* divides by the bare gRPC peer with the same agent count."""
+    peers = {r["agents"]: r["us_per_beat"] for r in rows if r["server"] != "coordinator"}
     lines = [
         "| " + " | ".join(name for name, _, _ in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
     for row in rows:
-        row["cpu_ratio"] = row["coord_cpu_pct"] / base if base else float("nan")
+        peer = peers.get(row["agents"])
+        row["cpu_ratio"] = row["us_per_beat"] / peer if peer else float("nan")
         cells = []
         for _, key, fmt in COLUMNS:
-            value = row[key]
+            value = row.get(key, float("nan"))
             cells.append(fmt.format(int(value) if fmt == "{:,}" else value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -419,12 +471,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suspect-after", type=float, default=3.0)
     parser.add_argument("--dead-after", type=float, default=10.0)
     parser.add_argument("--json", default="", help="also write the rows here")
-    parser.add_argument("--role", choices=["bench", "client"], default="bench", help="internal")
+    parser.add_argument(
+        "--bare", action="store_true", help="also run the peer: a gRPC server that only acks"
+    )
+    parser.add_argument("--no-detect", dest="detect", action="store_false", help="internal")
+    parser.add_argument("--role", choices=["bench", "client", "bare"], default="bench")
     parser.add_argument("--address", default="", help="internal: the coordinator (client role)")
     args = parser.parse_args(argv)
     if args.role == "client":
         args.agents = args.agents[0]
         return client_main(args)
+    if args.role == "bare":
+        return bare_main()
     bad = [n for n in args.agents if n < 3]
     if bad or args.runs < 1 or args.duration <= 0 or args.streams_per_channel < 1:
         parser.error(
@@ -432,13 +490,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"# load average at start: {load_average()}; cores: {os.cpu_count()}", flush=True)
     rows = []
+    servers = ["coordinator", "bare gRPC"] if args.bare else ["coordinator"]
     for n in args.agents:
-        runs = []
-        for i in range(args.runs):
-            run = run_once(n, args)
-            print(f"# {n} agents, run {i + 1}: {json.dumps(run)}", flush=True)
-            runs.append(run)
-        rows.append(summarise(runs))
+        for server in servers:
+            runs = []
+            for i in range(args.runs):
+                run = run_once(n, args, bare=server != "coordinator")
+                run["server"] = server
+                print(f"# {server}, {n} agents, run {i + 1}: {json.dumps(run)}", flush=True)
+                runs.append(run)
+            rows.append(summarise(runs))
     print(f"# load average at end: {load_average()}")
     print(f"# store {args.store}; median of {args.runs} run(s); window {args.duration:.0f} s")
     print(table(rows))
