@@ -60,6 +60,7 @@ class Coordinator:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.server: grpc.aio.Server | None = None
+        self._samples = TELEMETRY.labels(cell=cell)  # looked up once, not per heartbeat
 
     @property
     def address(self) -> str:
@@ -117,10 +118,12 @@ class Coordinator:
 
     # -- heartbeat payload -----------------------------------------------------------------
     async def on_heartbeat(self, entry: NodeEntry, beat: pb.AgentHeartbeat) -> None:
-        if beat.telemetry.name:
-            TELEMETRY.labels(cell=self.cell).inc(len(beat.telemetry.name))
-        for report in beat.jobs:
-            await self.jobs.on_report(entry.node_id, report)
+        samples = len(beat.telemetry.name)
+        if samples:
+            self._samples.inc(samples)
+        if beat.jobs:
+            for report in beat.jobs:
+                await self.jobs.on_report(entry.node_id, report)
         if beat.logs:
             await self.jobs.on_logs(list(beat.logs))
 
