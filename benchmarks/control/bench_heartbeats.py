@@ -114,6 +114,8 @@ class Client:
         self.late: list[float] = []
         self.in_window = False
         self.sent_in_window = 0
+        self.fenced = 0
+        self.lost_streams = 0
         self.errors: list[str] = []
 
     def say(self, *words: object) -> None:
@@ -187,6 +189,8 @@ class Client:
             "late_p99_ms": percentile(self.late, 0.99) * 1e3,
             "expected_beats": round(n * args.duration),
             "sent_beats": self.sent_in_window,
+            "fenced": self.fenced,
+            "lost_streams": self.lost_streams,
             "errors": self.errors[:5],
             **detect,
         }
@@ -215,7 +219,8 @@ class Client:
             try:
                 await agent.call.write(beat)
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
-                self.errors.append(f"{agent.node_id} write: {error}")
+                self.lost_streams += 1
+                self.errors.append(f"{agent.node_id} write: {str(error)[:200]}")
                 return
             due += 1.0
 
@@ -225,15 +230,18 @@ class Client:
                 reply = await agent.call.read()
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.CANCELLED:
+                    self.lost_streams += 1
                     self.errors.append(f"{agent.node_id} read: {error.code().name}")
                 return
             if reply is grpc.aio.EOF:
                 return
             got = time.perf_counter()
             sent = agent.sent.pop(reply.ack_seq, None)
-            if reply.fenced:
-                self.errors.append(f"{agent.node_id} fenced: {reply.fenced}")
-            if sent is not None and self.in_window:
+            if reply.fenced:  # the coordinator declared this node DEAD (overload): no ack
+                self.fenced += 1
+                if self.fenced <= 3:
+                    self.errors.append(f"{agent.node_id} fenced: {reply.fenced}")
+            elif sent is not None and self.in_window:
                 self.rtt.append(got - sent[0])
                 self.one_way.append(reply.received_at - sent[1])
             if agent.stop_after_seq >= 0 and reply.ack_seq >= agent.stop_after_seq:
@@ -425,6 +433,8 @@ COLUMNS = [
     ("client CPU %", "client_cpu_pct", "{:.0f}"),
     ("client late p99 ms", "late_p99_ms", "{:.1f}"),
     ("beats acked / sent / due", "acked", "{}"),
+    ("streams failed", "lost_streams", "{:.0f}"),
+    ("fenced replies", "fenced", "{:.0f}"),
     ("register s", "register_s", "{:.1f}"),
 ]
 
