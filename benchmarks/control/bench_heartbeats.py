@@ -2,9 +2,10 @@
 
 One coordinator process (``infermesh coordinator start``, SQLite store in a temporary
 directory, pinned to core 0) and one client process (pinned to core 1) that registers
-``--agents`` simulated agents and keeps one Heartbeat stream open per agent, multiplexed
-over one gRPC channel per ``--streams-per-channel`` streams. Each agent sends one heartbeat
-a second with 20 telemetry samples; the agents' send times are spread evenly over the second.
+``--agents`` simulated agents. Like a real agent, each opens its Heartbeat stream as soon as
+it is registered; the streams are multiplexed over one gRPC channel per
+``--streams-per-channel`` streams. Each agent sends one heartbeat a second with 20 telemetry
+samples; the agents' send times are spread evenly over the second.
 
 Measured over a steady window (``--duration`` seconds after ``--warmup``):
 
@@ -114,6 +115,7 @@ class Client:
         self.late: list[float] = []
         self.in_window = False
         self.sent_in_window = 0
+        self.end = time.monotonic() + 3600.0  # set when registration is done
         self.fenced = 0
         self.lost_streams = 0
         self.errors: list[str] = []
@@ -137,29 +139,38 @@ class Client:
     async def _run(self, n: int, stubs: list[Any], admin: Any) -> dict[str, Any]:
         args = self.args
         agents: list[SimAgent] = []
+        tasks: list[asyncio.Task[None]] = []
         limit = asyncio.Semaphore(64)
+        phase0 = time.monotonic()
 
         async def register(i: int) -> None:
+            """Register, then beat at once, like a real agent, in this agent's slot."""
             async with limit:
                 reply = await stubs[i % len(stubs)].Register(
                     pb.RegisterRequest(spec=node_spec(i)), timeout=60
                 )
-            agents.append(SimAgent(i, f"sim-{i:05d}", reply.epoch))
+            agent = SimAgent(i, f"sim-{i:05d}", reply.epoch)
+            agent.call = stubs[i % len(stubs)].Heartbeat()
+            agents.append(agent)
+            slot = phase0 + i / n
+            first = slot + math.ceil(time.monotonic() - slot)
+            tasks.append(asyncio.create_task(self._beat(agent, first)))
+            tasks.append(asyncio.create_task(self._read(agent)))
 
         t0 = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(register(i) for i in range(n))), 600)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(register(i) for i in range(n))), 600)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
         register_s = time.perf_counter() - t0
         agents.sort(key=lambda a: a.index)
         self.say("registered", f"{register_s:.2f}")
 
-        start = time.monotonic() + 1.0
-        window_start = start + args.warmup
+        window_start = time.monotonic() + args.warmup
         window_end = window_start + args.duration
-        hard_end = window_end + args.dead_after + 15.0
-        for agent in agents:
-            agent.call = stubs[agent.index % len(stubs)].Heartbeat()
-        tasks = [asyncio.create_task(self._beat(a, start + a.index / n, hard_end)) for a in agents]
-        tasks += [asyncio.create_task(self._read(a, hard_end)) for a in agents]
+        hard_end = self.end = window_end + args.dead_after + 15.0
         detect: dict[str, Any] = {}
         try:
             await _sleep_until(window_start)
@@ -195,9 +206,9 @@ class Client:
             **detect,
         }
 
-    async def _beat(self, agent: SimAgent, first: float, end: float) -> None:
+    async def _beat(self, agent: SimAgent, first: float) -> None:
         due = first
-        while due < end and not agent.silent:
+        while due < self.end and not agent.silent:
             await _sleep_until(due)
             if agent.silent:
                 return
@@ -224,8 +235,8 @@ class Client:
                 return
             due += 1.0
 
-    async def _read(self, agent: SimAgent, end: float) -> None:
-        while time.monotonic() < end:
+    async def _read(self, agent: SimAgent) -> None:
+        while time.monotonic() < self.end:
             try:
                 reply = await agent.call.read()
             except grpc.aio.AioRpcError as error:
@@ -498,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             "--agents must be >= 3, --runs >= 1, --duration > 0, --streams-per-channel >= 1"
         )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the children too
     print(f"# load average at start: {load_average()}; cores: {os.cpu_count()}", flush=True)
     rows = []
     servers = ["coordinator", "bare gRPC"] if args.bare else ["coordinator"]
