@@ -117,6 +117,7 @@ class Client:
         self.sent_in_window = 0
         self.end = time.monotonic() + 3600.0  # set when registration is done
         self.fenced = 0
+        self.register_retries = 0
         self.lost_streams = 0
         self.errors: list[str] = []
 
@@ -145,10 +146,19 @@ class Client:
 
         async def register(i: int) -> None:
             """Register, then beat at once, like a real agent, in this agent's slot."""
-            async with limit:
-                reply = await stubs[i % len(stubs)].Register(
-                    pb.RegisterRequest(spec=node_spec(i)), timeout=60
-                )
+            for attempt in range(5):  # a real agent retries too (bounded here)
+                try:
+                    async with limit:
+                        reply = await stubs[i % len(stubs)].Register(
+                            pb.RegisterRequest(spec=node_spec(i)), timeout=60
+                        )
+                    break
+                except grpc.aio.AioRpcError as error:
+                    self.register_retries += 1
+                    if attempt == 4:
+                        raise
+                    self.errors.append(f"sim-{i:05d} register: {error.code().name}")
+                    await asyncio.sleep(0.5 * (attempt + 1))
             agent = SimAgent(i, f"sim-{i:05d}", reply.epoch)
             agent.call = stubs[i % len(stubs)].Heartbeat()
             agents.append(agent)
@@ -201,6 +211,7 @@ class Client:
             "expected_beats": round(n * args.duration),
             "sent_beats": self.sent_in_window,
             "fenced": self.fenced,
+            "register_retries": self.register_retries,
             "lost_streams": self.lost_streams,
             "errors": self.errors[:5],
             **detect,
