@@ -89,7 +89,9 @@ class JobManager:
 
     # -- loading ---------------------------------------------------------------------------
     async def load(self) -> None:
-        for job in await self.records.load("jobs", pb.Job):
+        loaded = await self.records.load("jobs", pb.Job)
+        loaded.sort(key=lambda j: j.created_at)  # the table is kept oldest first
+        for job in loaded:
             self.jobs[job.job_id] = job
             self.reports[job.job_id] = {}
             number = job.job_id.rsplit("-", 1)[-1]
@@ -122,6 +124,21 @@ class JobManager:
         return [
             e.info(self.used_slots(n, besides=besides)) for n, e in self.membership.nodes.items()
         ]
+
+    def newest(self, status: str = "", limit: int = 0) -> list[pb.Job]:
+        """Jobs newest first, only those in ``status`` if given, at most ``limit`` (0: all).
+
+        The table is ordered by creation (sorted at load, new jobs appended), so this walks
+        it backwards and stops at ``limit`` instead of sorting every record.
+        """
+        out: list[pb.Job] = []
+        for job in reversed(self.jobs.values()):
+            if status and job.status != status:
+                continue
+            out.append(job)
+            if len(out) == limit:
+                break
+        return out
 
     def get(self, job_id: str) -> pb.Job:
         job = self.jobs.get(job_id)

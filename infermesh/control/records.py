@@ -95,14 +95,19 @@ class Records:
 
     # -- logs ------------------------------------------------------------------------------
     async def load_logs(self, job_ids: Iterable[str]) -> dict[str, list[pb.LogLine]]:
-        out: dict[str, list[pb.LogLine]] = {}
-        for job_id in job_ids:
-            items, _ = await self.store.range(self.key("logs", job_id) + "/")
-            lines: list[pb.LogLine] = []
-            for kv in items:
-                lines.extend(self.decode(pb.LogBatch, kv.key, kv.value).lines)
-            self._log_seq[job_id] = int(items[-1].key.rsplit("/", 1)[1]) if items else 0
-            out[job_id] = lines
+        """The kept log lines of each job, read with one range over all logs."""
+        out: dict[str, list[pb.LogLine]] = {job_id: [] for job_id in job_ids}
+        for job_id in out:
+            self._log_seq[job_id] = 0
+        prefix = self.key("logs") + "/"
+        items, _ = await self.store.range(prefix)
+        for kv in items:
+            job_id, _, seq = kv.key[len(prefix) :].rpartition("/")
+            lines = out.get(job_id)
+            if lines is None:
+                continue  # logs of a job that is no longer in the table
+            lines.extend(self.decode(pb.LogBatch, kv.key, kv.value).lines)
+            self._log_seq[job_id] = max(self._log_seq[job_id], int(seq))
         return out
 
     async def append_logs(self, job_id: str, lines: list[pb.LogLine]) -> None:

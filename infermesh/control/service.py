@@ -153,13 +153,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 f"unknown job status {request.status!r}; use one of "
                 + ", ".join(JobStatus.__members__)
             )
-        jobs = [
-            j for j in self.jobs.jobs.values() if not request.status or j.status == request.status
-        ]
-        jobs.sort(key=lambda j: j.created_at, reverse=True)
-        if request.limit > 0:
-            jobs = jobs[: request.limit]
-        return pb.ListJobsResponse(jobs=jobs)
+        return pb.ListJobsResponse(jobs=self.jobs.newest(request.status, max(request.limit, 0)))
 
     @rpc
     async def GetJob(self, request: pb.JobRequest, context: Any) -> pb.JobDetail:
