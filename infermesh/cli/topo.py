@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from infermesh.core.errors import UsageError
+from infermesh.core.errors import InferMeshError, UsageError
 from infermesh.train.planning import (
     PROFILES,
     Algorithm,
@@ -15,6 +15,7 @@ from infermesh.train.planning import (
     JobShape,
     PlannerConfig,
     describe,
+    format_bytes,
     link_profile,
     parse_bytes,
     parse_choice,
@@ -39,9 +40,19 @@ def plan_text(
     compressions: str = "none",
     algorithms: str = "",
     as_json: bool = False,
+    measured: dict[str, float] | None = None,
 ) -> str:
-    """What ``infermesh topo plan`` prints; raises UsageError on bad input."""
+    """What ``infermesh topo plan`` prints; raises UsageError on bad input.
+
+    ``measured`` (bytes/s by link class) replaces the profile's bandwidths, keeping its
+    latencies.
+    """
     links = link_profile(profile)
+    if measured:
+        links = links.with_measured(
+            intra=(links.intra.latency_s, measured["intra"]) if "intra" in measured else None,
+            inter=(links.inter.latency_s, measured["inter"]) if "inter" in measured else None,
+        )
     config = PlannerConfig(
         algorithms=tuple(parse_choice(Algorithm, a, "algorithm") for a in _names(algorithms))
         or tuple(Algorithm),
@@ -62,15 +73,61 @@ def plan_text(
     return head + "\n" + describe(plan)
 
 
+def live_shape(job_id: str, coordinator: str | None) -> tuple[str, int, int, str, dict[str, float]]:
+    """A running job's shape and its measured figures from the coordinator.
+
+    Returns (description, nodes, ranks per node, gradient bytes per step or "", measured
+    bandwidth in bytes/s by link class ``intra``/``inter``). Bytes per step come from rank
+    0's ``comm.allreduce_bytes`` over the job's step; link bandwidths from the nodes'
+    ``comm.link_bandwidth_bytes_per_s``.
+    """
+    from statistics import median
+
+    from infermesh.cli._cell import connect
+
+    with connect(coordinator) as client:
+        job = client.get_job(job_id).job
+        details = [client.get_node(n) for n in job.nodes]
+    nproc = job.spec.nproc_per_node
+    nodes = max(1, job.world_size // nproc if job.world_size else len(job.nodes))
+    total = 0.0
+    bandwidth: dict[str, list[float]] = {"intra": [], "inter": []}
+    for detail in details:
+        for sig in detail.signals:
+            if sig.name == "comm.allreduce_bytes" and f"job={job_id}" in sig.labels:
+                if "rank=0," in sig.labels + ",":
+                    total += sig.value
+            elif sig.name == "comm.link_bandwidth_bytes_per_s":
+                link = sig.labels.removeprefix("link=")
+                if link in bandwidth:
+                    bandwidth[link].append(sig.value)
+    per_step = f"{int(total / job.step)}" if total and job.step > 0 else ""
+    measured = {k: median(v) for k, v in bandwidth.items() if v}
+    text = (
+        f"live job {job_id} ({job.status}): {nodes} node(s) x {nproc} rank(s), step {job.step}"
+        + (f", {format_bytes(float(per_step))} all-reduced per step (measured)" if per_step else "")
+        + (
+            "; measured bandwidth "
+            + ", ".join(f"{k} {format_bytes(v)}/s" for k, v in sorted(measured.items()))
+            if measured
+            else "; no collective timings reported yet (defaults from the link profile)"
+        )
+    )
+    return text, nodes, nproc, per_step, measured
+
+
 @app.command("plan")
 def plan(
-    nodes: int = typer.Option(..., "--nodes", min=1, help="Nodes in the job."),
-    gpus_per_node: int = typer.Option(..., "--gpus-per-node", min=1, help="Ranks per node."),
+    job: str | None = typer.Argument(
+        None, help="A running job's id: read its shape and measured timings from the cell."
+    ),
+    nodes: int = typer.Option(0, "--nodes", min=0, help="Nodes in the job."),
+    gpus_per_node: int = typer.Option(0, "--gpus-per-node", min=0, help="Ranks per node."),
     profile: str = typer.Option(
         "h100-nvlink-400g", "--link-profile", help=f"Hardware profile: {_PROFILE_NAMES}."
     ),
     grad_bytes: str = typer.Option(
-        ..., "--bytes", help="Gradient bytes all-reduced per step, e.g. 100MB, 25MiB, 4096."
+        "", "--bytes", help="Gradient bytes all-reduced per step, e.g. 100MB, 25MiB, 4096."
     ),
     bucket: str = typer.Option("25MiB", "--bucket", help="DDP bucket size (bucket_cap_mb)."),
     compression: str = typer.Option(
@@ -81,19 +138,50 @@ def plan(
     algorithm: str = typer.Option(
         "", "--algorithm", help="Algorithms allowed, comma-separated (default: all)."
     ),
+    coordinator: str | None = typer.Option(
+        None, "--coordinator", help="With JOB: the cell (default $INFERMESH_COORDINATOR)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
     """Print every alternative with its predicted time, and the chosen plan (a dry run).
 
-    The job shape is given on the command line; reading a live job's shape and measured
-    collective times from the coordinator comes with the control plane.
+    Either give the shape (--nodes, --gpus-per-node, --bytes) or a running JOB: its node
+    count and ranks per node, the gradient bytes per step its comm hook measured and the
+    bandwidth measured per link class then come from the cell (flags override them).
     """
     try:
-        typer.echo(
-            plan_text(
-                nodes, gpus_per_node, profile, grad_bytes, bucket, compression, algorithm, as_json
+        head, measured = "", None
+        if job:
+            head, live_nodes, live_ranks, live_bytes, measured = live_shape(job, coordinator)
+            nodes, gpus_per_node = nodes or live_nodes, gpus_per_node or live_ranks
+            grad_bytes = grad_bytes or live_bytes
+        missing = [
+            flag
+            for flag, value in (
+                ("--nodes", nodes),
+                ("--gpus-per-node", gpus_per_node),
+                ("--bytes", grad_bytes),
             )
+            if not value
+        ]
+        if missing:
+            where = "the job has reported no collective timings yet; " if job else ""
+            raise UsageError(f"{where}give {', '.join(missing)} (or a running JOB id)")
+        text = plan_text(
+            nodes,
+            gpus_per_node,
+            profile,
+            grad_bytes,
+            bucket,
+            compression,
+            algorithm,
+            as_json,
+            measured,
         )
+        typer.echo(text if as_json or not head else head + "\n" + text)
     except UsageError as exc:
         print(f"infermesh topo plan: error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
+    except InferMeshError as exc:
+        print(f"infermesh topo plan: {exc}", file=sys.stderr)
+        raise typer.Exit(3 if "no job" in str(exc) else 1) from None
