@@ -59,7 +59,7 @@ async def post(
     """POST JSON; return status, decoded JSON (or text) and headers."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     async with session.post(
-        url, data=data, headers={"Content-Type": "application/json"}, **kw
+        url, data=data, headers={"Content-Type": "application/json", **kw.pop("headers", {})}, **kw
     ) as r:
         text = await r.text()
         try:

@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infermesh.obs.metrics import REGISTRY
 from infermesh.obs.tracing import get_tracer
+from infermesh.serve._aio import run
 from infermesh.serve.openai import (
     ApiError,
     CompletionParams,
@@ -269,4 +270,4 @@ async def _serve_forever(config: ServerConfig, loaded: LoadedModel) -> None:
 def run_server(config: ServerConfig) -> None:
     """Load the checkpoint and serve until SIGINT/SIGTERM (what ``infermesh serve`` runs)."""
     loaded = load_model(config.checkpoint, config.device)
-    asyncio.run(_serve_forever(config, loaded))
+    run(_serve_forever(config, loaded))
