@@ -67,7 +67,7 @@ class HedgeBudget:
 
     def spend(self) -> bool:
         """Take one hedge if the budget allows it."""
-        if self.credit >= 1.0:
+        if self.credit >= 1.0 - 1e-9:
             self.credit -= 1.0
             return True
         return False
