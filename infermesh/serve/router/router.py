@@ -93,6 +93,21 @@ _HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive
 _MAX_TENANT_LABELS = 100
 
 
+class _ArmMetrics:
+    """The labelled children of the per-arm metrics (looked up once, not per request)."""
+
+    def __init__(self, arm: str) -> None:
+        self.requests = REQUESTS.labels(strategy=arm)
+        self.failed = FAILED.labels(strategy=arm)
+        self.latency = LATENCY.labels(strategy=arm)
+        self.ttfb = TTFB.labels(strategy=arm)
+        self.fallbacks = FALLBACKS.labels(strategy=arm)
+        self.decision = DECISION.labels(strategy=arm)
+        self.hedges = HEDGES.labels(strategy=arm)
+        self.hedge_wins = HEDGE_WINS.labels(strategy=arm)
+        self.retries = RETRIES.labels(strategy=arm)
+
+
 class _Retryable(Exception):
     """A backend answered 429 or 5xx before the first byte (or could not be reached)."""
 
@@ -173,7 +188,7 @@ class Router:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._scraped = asyncio.Event()
+        self._arm_metrics = {arm: _ArmMetrics(arm) for arm in self.arms}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -413,6 +428,7 @@ class Router:
         if len(self.arms) > 1 and zlib.crc32(key.encode()) % 10_000 < cfg.ab_fraction * 10_000:
             arm = self.arms[1]
         host = self._host(pool, arm)
+        am = self._arm_metrics[arm]
         view = pool.view
         self._ids += 1
         prefix = params.prompt[: cfg.prefix_chars]
@@ -429,9 +445,9 @@ class Router:
         fallbacks = host.counters.fallbacks
         d0 = time.perf_counter()
         decision = host.decide(rv, view, time.monotonic())
-        DECISION.labels(strategy=arm).observe(time.perf_counter() - d0)
+        am.decision.observe(time.perf_counter() - d0)
         if host.counters.fallbacks != fallbacks:
-            FALLBACKS.labels(strategy=arm).inc()
+            am.fallbacks.inc()
         if not decision.admit:
             REJECTED.labels(tenant=self._tenant_label(tenant)).inc()
             raise ApiError(
@@ -442,30 +458,18 @@ class Router:
                 code="strategy_rejected",
                 headers={"Retry-After": TenantBuckets.retry_after(decision.retry_after_s)},
             )
-        REQUESTS.labels(strategy=arm).inc()
+        am.requests.inc()
         self.hedge_budget.earn()
         order = Fleet.fill_order(view, decision.targets, 1 + cfg.max_retries + 1)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         self.inflight += 1
         up: _Upstream | None = None
         try:
-            try:
-                up = await asyncio.wait_for(
-                    self._dispatch(pool, order, decision.hedge, params, path, raw, headers, arm),
-                    cfg.request_timeout_s,
-                )
-            except asyncio.TimeoutError:
-                FAILED.labels(strategy=arm).inc()
-                raise ApiError(
-                    504,
-                    f"no backend answered within {cfg.request_timeout_s:g}s (--request-timeout)",
-                    "server_error",
-                    code="backend_timeout",
-                ) from None
-            TTFB.labels(strategy=arm).observe(up.first_at - t0)
+            up = await self._dispatch(pool, order, decision.hedge, params, path, raw, headers, am)
+            am.ttfb.observe(up.first_at - t0)
             resp = await self._relay(request, up, params)
             total = time.perf_counter() - t0
-            LATENCY.labels(strategy=arm).observe(total)
+            am.latency.observe(total)
             up.backend.record_success(
                 up.first_at - up.started, time.perf_counter() - up.started, params.max_tokens
             )
@@ -540,10 +544,11 @@ class Router:
         path: str,
         raw: bytes,
         headers: dict[str, str],
-        arm: str,
+        am: _ArmMetrics,
     ) -> _Upstream:
         cfg = self.config
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.request_timeout_s
         tasks: dict[asyncio.Future[_Upstream], BackendState] = {}
         queue = list(order)
         retries_left = cfg.max_retries
@@ -569,14 +574,27 @@ class Router:
                 hedge_at = loop.time() + max(cfg.hedge_min_delay_s, delay)
         try:
             while tasks:
-                timeout = None if hedge_at is None else max(0.0, hedge_at - loop.time())
+                now = loop.time()
+                if now >= deadline:
+                    am.failed.inc()
+                    raise ApiError(
+                        504,
+                        f"no backend answered within {cfg.request_timeout_s:g}s "
+                        "(--request-timeout)",
+                        "server_error",
+                        code="backend_timeout",
+                    )
+                until = deadline if hedge_at is None else min(hedge_at, deadline)
+                timeout = max(0.0, until - now)
                 done, _ = await asyncio.wait(
                     tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 if not done:
+                    if hedge_at is None or loop.time() < hedge_at:
+                        continue  # the deadline: checked at the top of the loop
                     hedge_at = None
                     if queue and self.hedge_budget.spend():
-                        HEDGES.labels(strategy=arm).inc()
+                        am.hedges.inc()
                         launch(True)
                     continue
                 for t in done:
@@ -585,7 +603,7 @@ class Router:
                     if exc is None:
                         up = t.result()
                         if up.hedge:
-                            HEDGE_WINS.labels(strategy=arm).inc()
+                            am.hedge_wins.inc()
                         return up  # the rest (even one that also just answered) is closed below
                     self._done(b)
                     if not isinstance(exc, _Retryable):
@@ -600,14 +618,14 @@ class Router:
                         self.fleet.changed()
                     if retries_left > 0 and queue and not tasks:
                         retries_left -= 1
-                        RETRIES.labels(strategy=arm).inc()
+                        am.retries.inc()
                         launch(False)
         finally:
             for t, b in tasks.items():
                 t.cancel()
                 t.add_done_callback(_close_late_winner)
                 self._done(b)
-        FAILED.labels(strategy=arm).inc()
+        am.failed.inc()
         if last is not None and last.status != 502 and last.body:
             raise ApiError(
                 last.status, _error_message(last.body), "server_error", code="backend_error"
