@@ -89,7 +89,11 @@ def start_fakes(procs: list[subprocess.Popen[bytes]], configs: list[dict[str, An
 
 
 def start_router(
-    procs: list[subprocess.Popen[bytes]], kind: str, urls: list[str], policy: str, extra: list[str] = ()  # type: ignore[assignment]
+    procs: list[subprocess.Popen[bytes]],
+    kind: str,
+    urls: list[str],
+    policy: str,
+    extra: list[str] = (),  # type: ignore[assignment]
 ) -> str:
     """Start ``ours`` / ``sglang`` / ``vllm`` router over ``urls``; return its base URL."""
     port = free_port()

@@ -41,7 +41,7 @@ class BackendState:
         self.load = Load()
         self.models: set[str] = {spec.model} if spec.model else set()
         self.inflight = 0
-        self.sent = 0
+        self.inflight_at_scrape = 0
         self._ttfb: collections.deque[float] = collections.deque(maxlen=256)
         self._sorted: list[float] = []
         self._since_sort = 0
@@ -122,7 +122,6 @@ class Fleet:
     def note_send(self, b: BackendState) -> None:
         """A request left for ``b``: count it in every pool's view until the next scrape."""
         b.inflight += 1
-        b.sent += 1
         self._sync(b)
 
     def note_done(self, b: BackendState) -> None:
@@ -131,9 +130,9 @@ class Fleet:
         self._sync(b)
 
     def _sync(self, b: BackendState) -> None:
-        # router-local load the published signal may not include yet: sent since the last
-        # scrape and still in flight
-        local = float(min(b.sent, b.inflight))
+        # router-local load the published signal does not include yet: how many more
+        # requests this router has in flight there than when the signal was scraped
+        local = float(max(0, b.inflight - b.inflight_at_scrape))
         for pool in self._pools.values():
             for row, other in enumerate(pool.rows):
                 if other is b:
@@ -186,8 +185,7 @@ class Fleet:
         ref = float(np.median(known)) if known else 1.0
         speed = np.array([float(np.clip(ref / p, 0.05, 20.0)) if p else 1.0 for p in per_tok])
         queue = running + waiting
-        for b in rows:
-            b.sent = 0
+        local = np.array([float(max(0, b.inflight - b.inflight_at_scrape)) for b in rows])
         avail_cap = float(cap[avail].sum()) if avail.any() else 1.0
         cells = CellSummary(
             available=np.array([int(avail.sum())]),
@@ -196,7 +194,7 @@ class Fleet:
             free_slots=np.array([avail_cap - float(queue[avail].sum())]),
             speed=np.array([float((cap * speed).sum() / cap.sum())]),
             price_per_hour=np.array([1.0]),
-            sent=np.zeros(1),
+            sent=np.array([float(local[avail].sum())]),
         )
         return FleetView(
             cell_of=np.zeros(n, dtype=np.int64),
@@ -209,7 +207,7 @@ class Fleet:
             running=running,
             vram_free_frac=1.0 - np.clip(kv, 0.0, 1.0),
             utilization=np.minimum(running / cap, 1.0),
-            sent_since_update=np.zeros(n),
+            sent_since_update=local,
             queue_age_s=0.0,
             vram_age_s=0.0,
             util_age_s=0.0,

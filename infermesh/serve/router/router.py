@@ -267,7 +267,10 @@ class Router:
         timeout = max(1.0, 5 * self.config.scrape_interval_s)
         try:
             if a.running_metrics and a.name != "triton":
+                inflight = b.inflight
                 b.load = a.load((await self._get(b.url + "/metrics", timeout)).decode())
+                # what the backend published includes (about) what was in flight before
+                b.inflight_at_scrape = min(inflight, b.inflight)
             else:
                 await self._get(b.url + a.health_path, timeout)
             up = True
