@@ -303,6 +303,7 @@ def test_checkpoint_paths_resolve_or_explain(tiny_ckpt: Path, tmp_path: Path) ->
     step_dir = resolve_checkpoint(tiny_ckpt)
     assert step_dir.name == "step_00000040"
     assert resolve_checkpoint(step_dir) == step_dir
+    assert resolve_checkpoint(tiny_ckpt.parent) == step_dir  # the run directory
     with pytest.raises(UsageError, match="no such file"):
         resolve_checkpoint(tmp_path / "nope")
     with pytest.raises(UsageError, match=r"neither checkpoint\.pt nor a 'latest'"):

@@ -1,8 +1,8 @@
 """The checkpoint model server: its configuration and how a checkpoint path is resolved.
 
-``infermesh serve --checkpoint PATH`` accepts a run's checkpoint directory (the one holding
-``latest`` and ``step_*``; the newest checkpoint is served), one ``step_*`` directory, or a
-``checkpoint.pt`` file.
+``infermesh serve --checkpoint PATH`` accepts a run directory (``trainer.out_dir``, holding
+``checkpoints/``), a run's checkpoint directory (the one holding ``latest`` and ``step_*``;
+the newest checkpoint is served), one ``step_*`` directory, or a ``checkpoint.pt`` file.
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
             f"--checkpoint {given}: no such file or directory; pass a run's checkpoint "
             "directory (e.g. runs/tiny_gpt/checkpoints) or one of its step_* directories"
         )
+    if given.is_dir() and (given / "checkpoints").is_dir() and not (given / "latest").exists():
+        given = given / "checkpoints"  # a run directory (trainer.out_dir)
     if given.is_dir() and not (given / CHECKPOINT_FILE).is_file():
         latest = latest_checkpoint(given)
         if latest is None:
