@@ -137,3 +137,37 @@ def test_fill_order_puts_decision_first_then_least_loaded_and_panics_when_all_do
     assert Fleet.fill_order(view, (2, 2), 3) == [2, 1, 0]
     view.available[:] = False
     assert Fleet.fill_order(view, (2,), 2) == [2, 3]
+
+
+def test_view_counts_this_routers_sends_since_the_scrape_and_ejects_then_readmits() -> None:
+    from infermesh.serve.router.adapters import Load
+    from infermesh.serve.router.api import BackendSpec
+
+    now = [100.0]
+    cfg = RouterConfig(eject_after=2, eject_base_s=1.0)
+    fleet = Fleet(cfg, clock=lambda: now[0])
+    fleet.set_specs([BackendSpec(url="http://a"), BackendSpec(url="http://b")])
+    a, b = fleet.backends
+    pool = fleet.pool(None)
+    assert pool is not None
+    fleet.note_send(a)
+    fleet.note_send(a)
+    assert pool.view.sent_since_update.tolist() == [2.0, 0.0]
+    # a scrape that saw both requests: they are now in the published queue
+    a.load, a.inflight_at_scrape = Load(running=2.0), 2
+    fleet.changed()
+    pool = fleet.pool(None)
+    assert pool is not None
+    assert pool.view.queue_depth.tolist() == [2.0, 0.0]
+    assert pool.view.sent_since_update.tolist() == [0.0, 0.0]
+    fleet.note_done(a)
+    fleet.note_send(b)
+    assert pool.view.sent_since_update.tolist() == [0.0, 1.0]
+    assert not b.record_failure(now[0], cfg)
+    assert b.record_failure(now[0], cfg)  # second consecutive failure: ejected for 1 s
+    fleet.changed()
+    view = fleet.pool(None).view  # type: ignore[union-attr]
+    assert view.available.tolist() == [True, False]
+    now[0] += 1.01
+    view = fleet.pool(None).view  # type: ignore[union-attr]
+    assert view.available.tolist() == [True, True]
