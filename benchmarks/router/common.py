@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +93,7 @@ def start_router(
     kind: str,
     urls: list[str],
     policy: str,
-    extra: list[str] = (),  # type: ignore[assignment]
+    extra: Sequence[str] = (),
 ) -> str:
     """Start ``ours`` / ``sglang`` / ``vllm`` router over ``urls``; return its base URL."""
     port = free_port()
