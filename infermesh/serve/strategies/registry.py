@@ -36,6 +36,9 @@ BUILTINS: dict[str, str] = {
     "predictive_mesh": f"{_PKG}.predictive:PredictiveMesh",
     "hybrid_mesh": f"{_PKG}.predictive:HybridMesh",
     "ml_enhanced_mesh": f"{_PKG}.ml_mesh:MlEnhancedMesh",
+    # short names the router's users type (issue 6): the same classes as above
+    "predictive": f"{_PKG}.predictive:PredictiveMesh",
+    "hybrid": f"{_PKG}.predictive:HybridMesh",
 }
 
 #: The strategies a simulator run compares when none are named (``round_robin`` is the

@@ -1,0 +1,79 @@
+"""``infermesh serve --replicas N``: real server processes behind the router."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from typer.testing import CliRunner
+
+from infermesh.cli.serve import app
+from infermesh.serve.replicas import ReplicaSet
+from infermesh.serve.router import RouterConfig
+from infermesh.serve.server import ServerConfig
+from tests.serve._util import post, run, sse_events, stream_text
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_two_replicas_behind_the_router_serve_whole_and_streamed(tiny_ckpt: Path) -> None:
+    async def body() -> None:
+        rs = ReplicaSet(ServerConfig(checkpoint=str(tiny_ckpt)), 2, RouterConfig(port=0))
+        port = await rs.start()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            async with aiohttp.ClientSession() as s:
+                req = {"prompt": "def", "max_tokens": 10, "temperature": 0}
+                outs = [await post(s, url + "/v1/completions", req) for _ in range(4)]
+                assert all(o[0] == 200 for o in outs)
+                texts = {o[1]["choices"][0]["text"] for o in outs}
+                assert len(texts) == 1  # both replicas serve the same weights
+                async with s.post(url + "/v1/completions", json={**req, "stream": True}) as r:
+                    assert stream_text(sse_events(await r.text())) == texts.pop()
+                async with s.get(url + "/v1/models") as r:
+                    models = await r.json()
+                assert models["data"][0]["id"] == "tiny-gpt"
+                assert models["data"][0]["backends"] == 2
+            procs = list(rs.procs)
+        finally:
+            await rs.close()
+        assert all(p.poll() is not None for p in procs)
+
+    run(body, timeout=120)
+
+
+@pytest.mark.slow
+def test_serve_once_example_prints_prompt_and_completion(tiny_ckpt: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "serve_once.py"), "--checkpoint", str(tiny_ckpt)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "prompt: 'def '"
+    assert "2 replicas behind the router" in lines[1]
+    assert lines[2].startswith("def ") and len("\n".join(lines[2:])) >= 20
+
+
+def test_cli_explains_bad_input(tmp_path: Path) -> None:
+    runner = CliRunner()
+    r = runner.invoke(app, ["serve", "--checkpoint", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "no such file or directory" in r.output
+    r = runner.invoke(app, ["serve", "--checkpoint", str(tmp_path), "--replicas", "0"])
+    assert r.exit_code == 2 and "--replicas must be >= 1" in r.output
+    r = runner.invoke(app, ["router", "start", "--backends", "http://a:1", "--strategy", "hybird"])
+    assert r.exit_code == 2 and "unknown strategy 'hybird'; known:" in r.output
+    r = runner.invoke(app, ["router", "start", "--backends", "ftp://a"])
+    assert r.exit_code == 2 and "not an http(s) URL" in r.output
+    r = runner.invoke(
+        app, ["router", "start", "--backends", "http://a:1", "--strategy-options", "{x"]
+    )
+    assert r.exit_code == 2 and "--strategy-options is not JSON" in r.output
