@@ -21,7 +21,7 @@ import typer
 
 from infermesh.agent.agent import NodeAgent
 from infermesh.agent.telemetry import Telemetry
-from infermesh.client.coordinator import DEFAULT_PORT, parse_address, resolve_address
+from infermesh.client.coordinator import DEFAULT_PORT, parse_address, pb, resolve_address
 from infermesh.control.coordinator import Coordinator, check_port, default_store_url
 from infermesh.core.errors import InferMeshError, UsageError
 
@@ -57,6 +57,16 @@ async def _until_signal() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+def _endpoints(items: list[str]) -> list[pb.ServingEndpoint]:
+    """``--endpoint`` values (``KIND=URL`` or a bare URL of our own server)."""
+    if not items:
+        return []
+    from infermesh.serve.router.api import parse_backends
+
+    specs = parse_backends(",".join(items), default_kind="infermesh")
+    return [pb.ServingEndpoint(url=s.url, kind=s.kind, model=s.model or "") for s in specs]
 
 
 def _metrics(port: int, host: str) -> None:
@@ -135,6 +145,13 @@ def agent_start(
     fake_gpus: int = typer.Option(
         0, help="Report this many scripted fake GPUs (tests and demos only)."
     ),
+    endpoint: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A model server on this node, KIND=URL or URL (our server): the cell's "
+            "routers route to it and the agent scrapes its /metrics (repeatable)."
+        ),
+    ] = None,
     metrics_port: int = typer.Option(-1, help="Serve Prometheus /metrics here (0: any port)."),
     log_level: str = typer.Option("INFO", help="Log level."),
 ) -> None:
@@ -158,6 +175,7 @@ def agent_start(
             _parse_labels(label or []),
             addr,
             fake_gpus,
+            _endpoints(endpoint or []),
         )
         task = asyncio.create_task(agent.run())
         stopper = asyncio.create_task(_until_signal())
@@ -179,6 +197,7 @@ def _make_agent(
     labels: dict[str, str],
     addr: str,
     fake_gpus: int,
+    endpoints: list[pb.ServingEndpoint] | None = None,
 ) -> NodeAgent:
     return NodeAgent(
         coordinator=address,
@@ -189,7 +208,10 @@ def _make_agent(
         rack=rack,
         labels=labels,
         addr=addr or None,
-        telemetry=Telemetry.for_node(fake_gpus, collective_socket=_socket_path(workdir)),
+        telemetry=Telemetry.for_node(
+            fake_gpus, endpoints or [], collective_socket=_socket_path(workdir)
+        ),
+        endpoints=endpoints,
     )
 
 

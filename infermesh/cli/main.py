@@ -6,6 +6,7 @@ import typer
 
 import infermesh
 from infermesh.cli import cell, jobs, nodes, runs, stats, topo
+from infermesh.cli import serve as serve_cli
 from infermesh.cli.sim import sim_app
 
 app = typer.Typer(
@@ -23,6 +24,8 @@ app.command("up")(cell.up)
 app.add_typer(nodes.app, name="nodes")
 app.add_typer(jobs.app, name="jobs")
 app.command("stats")(stats.stats)
+app.command("serve")(serve_cli.serve)
+app.add_typer(serve_cli.router_app, name="router")
 
 
 @app.command()

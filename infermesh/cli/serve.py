@@ -91,7 +91,14 @@ def serve(
 def router_start(
     backends: Annotated[
         str, typer.Option(help="Comma-separated URL or KIND=URL (kinds: vllm, sglang, ...).")
-    ],
+    ] = "",
+    coordinator: Annotated[
+        str,
+        typer.Option(
+            help="Route to the cell's serving endpoints instead of --backends "
+            "(default $INFERMESH_COORDINATOR when --backends is not given)."
+        ),
+    ] = "",
     strategy: Annotated[str, typer.Option(help="Routing strategy name.")] = "power_of_two",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -136,7 +143,17 @@ def router_start(
             ) from None
         if not isinstance(options, dict):
             raise UsageError("--strategy-options must be a JSON object")
-        specs = parse_backends(backends, backend_kind, backend_capacity)
+        from infermesh.client.coordinator import resolve_address
+
+        cell = resolve_address(coordinator or None) if not backends else None
+        if backends and coordinator:
+            raise UsageError("give either --backends or --coordinator, not both")
+        if not backends and not cell:
+            raise UsageError(
+                "no backends: pass --backends URL,URL, or --coordinator HOST:PORT (or set "
+                "INFERMESH_COORDINATOR) to route to the cell's serving endpoints"
+            )
+        specs = parse_backends(backends, backend_kind, backend_capacity) if backends else []
         cfg = RouterConfig(
             host=host,
             port=port,
@@ -155,7 +172,7 @@ def router_start(
             scrape_interval_s=scrape_interval,
             max_body_bytes=max_body_bytes,
         )
-        run_router(cfg, specs)
+        run_router(cfg, specs, coordinator=cell)
     except InferMeshError as e:
         _fail(e)
 

@@ -9,9 +9,13 @@ from collections.abc import Sequence
 from infermesh.serve._aio import run
 from infermesh.serve.router.api import BackendSpec, RouterConfig
 from infermesh.serve.router.router import Router
-from infermesh.serve.router.sources import StaticBackendSource
+from infermesh.serve.router.sources import CoordinatorBackendSource, StaticBackendSource
 
 __all__ = ["run_router"]
+
+
+def config_capacity(specs: Sequence[BackendSpec]) -> float:
+    return specs[0].capacity if specs else 8.0
 
 
 async def _serve(router: Router) -> None:
@@ -33,10 +37,19 @@ async def _serve(router: Router) -> None:
         await router.close()
 
 
-def run_router(config: RouterConfig, specs: Sequence[BackendSpec]) -> None:
-    """Build the router over a static backend list and serve until stopped."""
+def run_router(
+    config: RouterConfig, specs: Sequence[BackendSpec] = (), coordinator: str | None = None
+) -> None:
+    """Build the router over a static backend list, or the cell's endpoints, and serve."""
 
     async def main() -> None:
-        await _serve(Router(config, StaticBackendSource(specs)))
+        if coordinator:
+            source = CoordinatorBackendSource(coordinator, capacity=config_capacity(specs))
+            try:
+                await _serve(Router(config, source))
+            finally:
+                await source.close()
+        else:
+            await _serve(Router(config, StaticBackendSource(specs)))
 
     run(main())
