@@ -13,10 +13,11 @@ help:  ## list the targets
 setup:  ## create .venv (CPU torch 2.13.0 without a GPU) and install infermesh[dev]
 	@./scripts/setup.sh
 
-demo: setup  ## train the tiny GPT on an embedded local cell (2 workers); leaves a checkpoint
+demo: setup  ## train the tiny GPT on an embedded local cell, then serve it and answer a request
 	@$(BIN)/infermesh-run --nnodes auto --nproc-per-node 2 --run-dir runs \
 		examples/train_tiny_gpt.py trainer.max_steps=300 trainer.ckpt_every=100 \
 		trainer.out_dir=runs/tiny_gpt
+	@$(PY) examples/serve_once.py --checkpoint runs/tiny_gpt/checkpoints
 
 test: setup  ## lint, typecheck and the whole test suite (what CI runs)
 	@$(MAKE) --no-print-directory lint typecheck
