@@ -25,26 +25,11 @@ TRAIN = [
 ]
 
 
-@pytest.fixture
-def etcd():
-    import os
-
-    from infermesh.control.store import etcd_testing
-
-    reason = etcd_testing.unavailable_reason()
-    if reason and os.environ.get("CI"):
-        pytest.fail(f"CI must run the etcd tests, but {reason}")
-    if reason:
-        pytest.skip(reason)
-    with etcd_testing.EtcdServer() as server:
-        yield server
-
-
 @pytest.fixture(params=["sqlite"])
 def cell(request, tmp_path: Path):
     store = ""
     if request.param == "etcd":
-        server = request.getfixturevalue("etcd")
+        server = request.getfixturevalue("fresh_etcd_server")
         store = str(server.url)
     c = Cell(tmp_path, store=store)
     c.start_coordinator()

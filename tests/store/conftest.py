@@ -8,9 +8,8 @@ test works under its own key prefix there, so tests do not see each other's keys
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -30,19 +29,6 @@ def run_async(coro: Awaitable[None], timeout: float = TEST_TIMEOUT_S) -> None:
         await asyncio.wait_for(coro, timeout)
 
     asyncio.run(bounded())
-
-
-@pytest.fixture(scope="session")
-def etcd_server() -> Iterator[object]:
-    from infermesh.control.store import etcd_testing
-
-    reason = etcd_testing.unavailable_reason()
-    if reason and os.environ.get("CI"):
-        pytest.fail(f"CI must run the etcd store tests, but {reason}")
-    if reason:
-        pytest.skip(reason)
-    with etcd_testing.EtcdServer() as server:
-        yield server
 
 
 def _store_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:

@@ -56,6 +56,7 @@ from torch.nn.parallel import DistributedDataParallel
 from infermesh.core.errors import UsageError
 from infermesh.obs import metrics
 from infermesh.signal import collective
+from infermesh.signal.collective import CollectiveRecord
 from infermesh.train.heartbeat import heartbeat
 from infermesh.train.hooks.stragglers import StragglerDetector, StragglerEvent
 from infermesh.train.planning import (
@@ -175,21 +176,6 @@ class MeshHookConfig:
             replan_every=self.replan_every,
             powersgd_rank=self.powersgd_rank,
         )
-
-
-@dataclass(frozen=True)
-class CollectiveRecord:
-    """One timed collective."""
-
-    step: int
-    algorithm: str
-    compression: str
-    group: str
-    """``world``, ``intra`` (this node's ranks), ``inter`` (one rank per node) or ``leaders``."""
-    bytes: int
-    seconds: float
-    emulated: bool = False
-    """True when the backend could not apply the algorithm as named (see emulation_notes)."""
 
 
 def emulation_notes(backend: str) -> list[str]:
@@ -431,30 +417,19 @@ class MeshHook:
         choice = self.choice
         assert choice is not None
         self._step_comm += seconds
-        self.records.append(
-            CollectiveRecord(
-                self.step,
-                choice.algorithm.value,
-                choice.compression.value,
-                group,
-                nbytes,
-                seconds,
-                emulated,
-            )
+        record = CollectiveRecord(
+            time.time(),
+            self.step,
+            choice.algorithm.value,
+            choice.compression.value,
+            group,
+            nbytes,
+            seconds,
+            emulated,
         )
+        self.records.append(record)
         if self.signal is not None:
-            self.signal.add(
-                collective.CollectiveRecord(
-                    time.time(),
-                    self.step,
-                    choice.algorithm.value,
-                    choice.compression.value,
-                    group,
-                    nbytes,
-                    seconds,
-                    emulated,
-                )
-            )
+            self.signal.add(record)
         _SECONDS.labels(**self._labels, strategy=choice.algorithm.value).observe(seconds)
         _BYTES.labels(**self._labels, strategy=choice.algorithm.value).inc(nbytes)
 
