@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 from pathlib import Path
@@ -20,9 +21,20 @@ import typer
 
 from infermesh.agent.agent import NodeAgent
 from infermesh.agent.telemetry import Telemetry
+from infermesh.cli.security import (
+    CaOpt,
+    CertOpt,
+    InsecureOpt,
+    KeyOpt,
+    ServerNameOpt,
+    TlsDirOpt,
+    client_tls,
+    server_security,
+)
 from infermesh.client.coordinator import DEFAULT_PORT, parse_address, resolve_address
 from infermesh.control.coordinator import Coordinator, check_port, default_store_url
 from infermesh.core.errors import InferMeshError, UsageError
+from infermesh.security.tls import ENV_CA, ENV_CERT, ENV_DIR, ENV_KEY, ClientTls
 
 coordinator_app = typer.Typer(help="Run the cell coordinator.", no_args_is_help=True)
 agent_app = typer.Typer(help="Run a node agent.", no_args_is_help=True)
@@ -78,11 +90,43 @@ def coordinator_start(
     suspect_after: float = typer.Option(3.0, help="Seconds of silence before SUSPECT."),
     dead_after: float = typer.Option(10.0, help="Seconds of silence before DEAD."),
     log_level: str = typer.Option("INFO", help="Log level."),
+    tls_dir: TlsDirOpt = "",
+    ca: CaOpt = "",
+    cert: CertOpt = "",
+    key: KeyOpt = "",
+    insecure: InsecureOpt = False,
+    client_certs: str = typer.Option(
+        "required", help="required, or optional (token-only users; needs --jwt-issuer)."
+    ),
+    admin: Annotated[
+        list[str] | None,
+        typer.Option(help="Subject that is always admin, e.g. user:alice (repeatable)."),
+    ] = None,
+    jwt_issuer: str = typer.Option("", help="Accept JWTs from this OIDC issuer."),
+    jwt_audience: str = typer.Option("", help="Audience the JWTs must name."),
+    jwt_jwks_file: str = typer.Option("", help="The issuer's JWKS as a file."),
+    jwt_jwks_url: str = typer.Option("", help="The issuer's JWKS URL."),
 ) -> None:
     """Start the coordinator of one cell and serve until Ctrl-C."""
     _logging(log_level)
 
     async def main() -> None:
+        files = [tls_dir, ca, cert, key]
+        if not any(files) and not insecure:  # the environment stands in for the flags
+            files = [os.environ.get(v, "") for v in (ENV_DIR, ENV_CA, ENV_CERT, ENV_KEY)]
+        security = server_security(
+            tls_dir=files[0],
+            ca=files[1],
+            cert=files[2],
+            key=files[3],
+            insecure=insecure,
+            client_certs=client_certs,
+            admins=admin,
+            jwt_issuer=jwt_issuer,
+            jwt_audience=jwt_audience,
+            jwt_jwks_file=jwt_jwks_file,
+            jwt_jwks_url=jwt_jwks_url,
+        )
         Path(state_dir).mkdir(parents=True, exist_ok=True)
         coord = Coordinator(
             store_url=store or default_store_url(state_dir),
@@ -91,9 +135,13 @@ def coordinator_start(
             port=check_port(port),
             suspect_after_s=suspect_after,
             dead_after_s=dead_after,
+            security=security,
         )
         await coord.start()
-        typer.echo(f"infermesh: coordinator of cell {cell} at {coord.address} (insecure)")
+        mode = security.describe()
+        if not security.secure and not insecure:
+            mode += ", loopback only; see `infermesh certs` for a secure cell"
+        typer.echo(f"infermesh: coordinator of cell {cell} at {coord.address} ({mode})")
         try:
             await _until_signal()
         finally:
@@ -120,11 +168,18 @@ def agent_start(
         0, help="Report this many scripted fake GPUs (tests and demos only)."
     ),
     log_level: str = typer.Option("INFO", help="Log level."),
+    tls_dir: TlsDirOpt = "",
+    ca: CaOpt = "",
+    cert: CertOpt = "",
+    key: KeyOpt = "",
+    tls_server_name: ServerNameOpt = "",
+    insecure: InsecureOpt = False,
 ) -> None:
     """Register this machine with the coordinator and run the work it assigns."""
     _logging(log_level)
 
     async def main() -> None:
+        tls = client_tls(tls_dir, ca, cert, key, server_name=tls_server_name, insecure=insecure)
         address = resolve_address(coordinator or None)
         if address is None:
             raise UsageError(
@@ -140,6 +195,7 @@ def agent_start(
             _parse_labels(label or []),
             addr,
             fake_gpus,
+            tls,
         )
         task = asyncio.create_task(agent.run())
         stopper = asyncio.create_task(_until_signal())
@@ -161,6 +217,7 @@ def _make_agent(
     labels: dict[str, str],
     addr: str,
     fake_gpus: int,
+    tls: ClientTls | None = None,
 ) -> NodeAgent:
     return NodeAgent(
         coordinator=address,
@@ -172,6 +229,7 @@ def _make_agent(
         labels=labels,
         addr=addr or None,
         telemetry=Telemetry.for_node(fake_gpus),
+        tls=tls,
     )
 
 
