@@ -159,11 +159,14 @@ class JobManager:
         return None if self.quota is None else self.quota.node_cap(job, self.active())
 
     def _request(self, job: pb.Job, keep: tuple[str, ...] = ()) -> PlacementRequest:
+        nodes_max = self._nodes_max(job)
         cap = self._quota_cap(job)
+        if cap is not None and cap[0] >= job.spec.nodes_min:  # below: _try_place waits
+            nodes_max = min(nodes_max, cap[0])
         return PlacementRequest(
             job_id=job.job_id,
             nodes_min=job.spec.nodes_min,
-            nodes_max=min(self._nodes_max(job), cap[0]) if cap else self._nodes_max(job),
+            nodes_max=nodes_max,
             nproc_per_node=job.spec.nproc_per_node,
             cell=job.spec.cell or None,
             constraints=dict(job.spec.constraints),
