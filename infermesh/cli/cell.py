@@ -95,8 +95,8 @@ def coordinator_start(
     cert: CertOpt = "",
     key: KeyOpt = "",
     insecure: InsecureOpt = False,
-    client_certs: str = typer.Option(
-        "required", help="required, or optional (token-only users; needs --jwt-issuer)."
+    token_port: int = typer.Option(
+        -1, help="Extra TLS port for bearer-token callers without certificates (-1: none)."
     ),
     admin: Annotated[
         list[str] | None,
@@ -120,7 +120,7 @@ def coordinator_start(
             cert=files[2],
             key=files[3],
             insecure=insecure,
-            client_certs=client_certs,
+            token_port=token_port,
             admins=admin,
             jwt_issuer=jwt_issuer,
             jwt_audience=jwt_audience,
@@ -141,6 +141,8 @@ def coordinator_start(
         mode = security.describe()
         if not security.secure and not insecure:
             mode += ", loopback only; see `infermesh certs` for a secure cell"
+        if coord.token_port:
+            mode += f"; bearer tokens without certificates on port {coord.token_port}"
         typer.echo(f"infermesh: coordinator of cell {cell} at {coord.address} ({mode})")
         try:
             await _until_signal()

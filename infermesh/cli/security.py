@@ -96,7 +96,7 @@ def server_security(
     cert: str = "",
     key: str = "",
     insecure: bool = False,
-    client_certs: str = "required",
+    token_port: int = -1,
     admins: list[str] | None = None,
     jwt_issuer: str = "",
     jwt_audience: str = "",
@@ -104,8 +104,6 @@ def server_security(
     jwt_jwks_url: str = "",
 ) -> SecurityConfig:
     """The coordinator's :class:`SecurityConfig` from its flags (UsageError when they clash)."""
-    if client_certs not in ("required", "optional"):
-        raise UsageError(f"--client-certs {client_certs!r}: use required or optional")
     files = TlsFiles.from_options(tls_dir or None, ca or None, cert or None, key or None)
     jwt = None
     if jwt_issuer or jwt_audience or jwt_jwks_file or jwt_jwks_url:
@@ -118,7 +116,7 @@ def server_security(
     return SecurityConfig(
         tls=files,
         insecure=insecure,
-        require_client_cert=client_certs == "required",
+        token_port=None if token_port < 0 else token_port,
         jwt=jwt,
         admins=tuple(admins or ()),
     )

@@ -111,8 +111,10 @@ class SecurityConfig:
     """CA, certificate and key of the coordinator; turns mTLS (and RBAC, audit) on."""
     insecure: bool = False
     """Serve plaintext on purpose; needed for any address other than loopback."""
-    require_client_cert: bool = True
-    """Refuse TLS clients without a certificate; turn off to let token-only users in."""
+    token_port: int | None = None
+    """A second TLS port that asks for no client certificate: callers there must send a
+    bearer token (people with OIDC tokens and no certificate). ``None``: no such port;
+    0 picks a free one. The main port always requires client certificates."""
     jwt: JwtConfig | None = None
     """Accept OIDC bearer tokens as user identities."""
     admins: tuple[str, ...] = ()
@@ -137,36 +139,43 @@ class SecurityConfig:
                     "--admin needs TLS: without certificates every caller is anonymous; add "
                     "--tls-dir"
                 )
-            if not self.require_client_cert:
-                raise UsageError("--client-certs optional only applies with --tls-dir")
+            if self.token_port is not None:
+                raise UsageError("--token-port needs TLS: add --tls-dir")
             if not self.insecure and not _loopback(host):
                 raise UsageError(
                     f"refusing to serve plaintext on {host}: anyone who reaches it could join "
                     "the cell. Give the coordinator certificates (--tls-dir, see `infermesh "
                     "certs`) or pass --insecure to accept that on a trusted network"
                 )
-        elif self.jwt is None and not self.require_client_cert:
+        elif self.jwt is None and self.token_port is not None:
             raise UsageError(
-                "--client-certs optional needs --jwt-issuer: without a certificate a caller "
-                "could only prove who it is with a bearer token"
+                "--token-port needs --jwt-issuer: callers on that port prove who they are "
+                "with a bearer token only"
             )
 
     def describe(self) -> str:
         if self.tls is None:
             return "insecure"
         who = "client certificates required"
-        if not self.require_client_cert:
-            who = "client certificate or bearer token"
-        elif self.jwt is not None:
+        if self.jwt is not None:
             who += ", bearer tokens accepted"
         return f"mTLS, {who}"
 
-    def bind(self, server: grpc.aio.Server, address: str) -> tuple[int, ServerTls | None]:
-        """Add the listening port; returns ``(port, server TLS or None)``."""
+    def bind(
+        self, server: grpc.aio.Server, host: str, port: int
+    ) -> tuple[int, int | None, ServerTls | None]:
+        """Add the listening port(s): ``(port, token port or None, server TLS or None)``."""
         if self.tls is None:
-            return server.add_insecure_port(address), None
-        tls = ServerTls(self.tls, require_client_cert=self.require_client_cert)
-        return server.add_secure_port(address, tls.credentials()), tls
+            return server.add_insecure_port(f"{host}:{port}"), None, None
+        tls = ServerTls(self.tls, require_client_cert=True)
+        bound = server.add_secure_port(f"{host}:{port}", tls.credentials())
+        token_port = None
+        if self.token_port is not None and bound:
+            no_cert = ServerTls(self.tls, require_client_cert=False)
+            token_port = server.add_secure_port(f"{host}:{self.token_port}", no_cert.credentials())
+            if not token_port:
+                raise UsageError(f"cannot listen on --token-port {self.token_port}; choose another")
+        return bound, token_port, tls
 
 
 def _loopback(host: str) -> bool:
@@ -236,7 +245,8 @@ class Guard(grpc.aio.ServerInterceptor):
 
     def caller(self, identity: Identity) -> Caller:
         roles = frozenset(self.c.policy.roles_of(identity))
-        return Caller(identity, roles, permissions_of(roles), self.c.policy.tenant_of(identity))
+        permissions = permissions_of(roles) | {P.AUTHENTICATED}  # every verified caller
+        return Caller(identity, roles, permissions, self.c.policy.tenant_of(identity))
 
     async def _deny(self, context: Any, method: str, who: str, error: Exception) -> None:
         self._denied.inc()

@@ -32,7 +32,7 @@ from infermesh.control.store import Store, open_store
 from infermesh.core.cell import NodeStatus
 from infermesh.core.errors import PortInUse, UsageError
 from infermesh.obs.metrics import counter
-from infermesh.security.tls import trust_domain_of
+from infermesh.security.tls import ServerTls, trust_domain_of
 from infermesh.signal.fusion import Health, SignalTable
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class Coordinator:
         self._tasks: list[asyncio.Task[None]] = []
         self.server: grpc.aio.Server | None = None
         self.security = security or SecurityConfig()
+        self.token_port: int | None = None
+        self.server_tls: ServerTls | None = None
         self.security.check(host)
 
     @property
@@ -107,7 +109,9 @@ class Coordinator:
         self.server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=interceptors)
         pb_grpc.add_CoordinatorServicer_to_server(Servicer(self), self.server)
         try:
-            bound, self.server_tls = self.security.bind(self.server, f"{self.host}:{self.port}")
+            bound, self.token_port, self.server_tls = self.security.bind(
+                self.server, self.host, self.port
+            )
         except RuntimeError as error:
             raise PortInUse(
                 f"coordinator cannot listen on {self.address} ({error}); choose another --port "

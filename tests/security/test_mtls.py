@@ -247,7 +247,9 @@ def test_contradictory_security_settings_are_refused(pki):
     with pytest.raises(UsageError, match="--admin needs TLS"):
         SecurityConfig(admins=("user:a",)).check("127.0.0.1")
     with pytest.raises(UsageError, match="needs --jwt-issuer"):
-        SecurityConfig(tls=files, require_client_cert=False).check("127.0.0.1")
+        SecurityConfig(tls=files, token_port=0).check("127.0.0.1")
+    with pytest.raises(UsageError, match="--token-port needs TLS"):
+        SecurityConfig(token_port=0).check("127.0.0.1")
 
 
 def test_insecure_coordinator_keeps_working_without_certificates():
