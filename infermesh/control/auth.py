@@ -14,8 +14,9 @@ interceptor that wraps every handler:
 3. **record it**: mutating calls that got past 1 and 2 are appended to the audit log with
    their result. Refused calls write nothing to the store.
 
-Without certificates the coordinator serves plaintext with no guard (local development):
-every caller is ``anonymous`` with every permission, and nothing is audited.
+Without certificates the coordinator serves plaintext (local development): every caller is
+``anonymous`` with every permission and nothing is audited; the guard then only answers
+requests whose bytes do not parse with ``INVALID_ARGUMENT`` (gRPC alone says ``UNKNOWN``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ class Rule:
 def _job_id(r: Any) -> str:
     return str(r.job_id)
 
+
+_REQUEST_TYPES = {
+    m.name: m.input_type.name
+    for m in pb.DESCRIPTOR.services_by_name["Coordinator"].methods  # type: ignore[attr-defined]
+}
 
 RULES: dict[str, Rule] = {
     "Register": Rule(P.NODE_REPORT, audit=True, target=lambda r: r.spec.node_id),
@@ -207,13 +213,41 @@ def _details_of(context: Any) -> str:
     return str(details or "")
 
 
-class Guard(grpc.aio.ServerInterceptor):
-    """Authenticate, authorize and audit every call of a secure coordinator."""
+class Malformed:
+    """Stands for a request whose bytes did not parse; the handler answers INVALID_ARGUMENT."""
 
-    def __init__(self, coordinator: Coordinator, config: SecurityConfig, trust_domain: str):
+    def __init__(self, message: str, error: Exception) -> None:
+        self.text = f"the request is not a valid {message} message ({error})"
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None, message: str) -> Any:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:  # DecodeError and friends: the caller's fault, not ours
+            return Malformed(message, error)
+
+    return parse
+
+
+class Guard(grpc.aio.ServerInterceptor):
+    """Authenticate, authorize and audit every call of a secure coordinator.
+
+    With ``trust_domain=None`` (a plaintext coordinator) it only turns requests that do not
+    parse into ``INVALID_ARGUMENT`` (gRPC itself would answer ``UNKNOWN``); every caller is
+    the anonymous admin and nothing is audited.
+    """
+
+    def __init__(
+        self, coordinator: Coordinator, config: SecurityConfig, trust_domain: str | None
+    ) -> None:
         self.c = coordinator
         self.config = config
-        self.trust_domain = trust_domain
+        self.trust_domain = trust_domain or ""
+        self.enforce = trust_domain is not None
         self.verifier = JwtVerifier(config.jwt) if config.jwt is not None else None
         self._denied = DENIED.labels(cell=coordinator.cell)
 
@@ -259,7 +293,16 @@ class Guard(grpc.aio.ServerInterceptor):
         await context.abort(code, str(error))
 
     async def admit(self, method: str, request: Any, context: Any) -> Caller:
-        """Identify and authorize one call (aborts the call when refused)."""
+        """Identify and authorize one call (aborts the call when refused or malformed)."""
+        if self.enforce:
+            caller = await self._authorize(method, request, context)
+        else:
+            caller = INSECURE_CALLER
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.text)
+        return caller
+
+    async def _authorize(self, method: str, request: Any, context: Any) -> Caller:
         who = ""
         try:
             rule = RULES.get(method)
@@ -274,7 +317,7 @@ class Guard(grpc.aio.ServerInterceptor):
                     f"{who} ({roles}) may not call {method}: it needs {rule.permission.value}; "
                     f"an admin can grant a role with `infermesh rbac grant {who} ROLE`"
                 )
-            if request is not None:
+            if request is not None and not isinstance(request, Malformed):
                 self._owns(method, request, caller)
             return caller
         except (Unauthenticated, PermissionDenied) as error:
@@ -317,7 +360,7 @@ class Guard(grpc.aio.ServerInterceptor):
         self, method: str, request: Any, caller: Caller, code: grpc.StatusCode, detail: str
     ) -> None:
         rule = RULES[method]
-        if not rule.audit or (method == "SubmitJob" and request.dry_run):
+        if not self.enforce or not rule.audit or (method == "SubmitJob" and request.dry_run):
             return
         ident = caller.identity
         try:
@@ -348,22 +391,24 @@ class Guard(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = str(handler_call_details.method).rsplit("/", 1)[-1]  # type: ignore[attr-defined]
+        message = _REQUEST_TYPES.get(method, method)
+        parse = _tolerant(handler.request_deserializer, message)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
                 self._heartbeat(method, handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._unary_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -401,7 +446,9 @@ class Guard(grpc.aio.ServerInterceptor):
 
             async def own(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
                 async for beat in requests:
-                    if beat.node_id != node:
+                    if isinstance(beat, Malformed):
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, beat.text)
+                    if self.enforce and beat.node_id != node:
                         await self._deny(
                             context,
                             method,

@@ -102,10 +102,10 @@ class Coordinator:
         self.jobs.quota = self.policy
         self.audit = AuditLog(self.records)
         await self.audit.load()
-        interceptors = []
+        trust_domain = None
         if self.security.tls is not None:
-            ca, _, _ = self.security.tls.read()
-            interceptors.append(Guard(self, self.security, trust_domain_of(ca)))
+            trust_domain = trust_domain_of(self.security.tls.read()[0])
+        interceptors = [Guard(self, self.security, trust_domain)]
         self.server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=interceptors)
         pb_grpc.add_CoordinatorServicer_to_server(Servicer(self), self.server)
         try:
