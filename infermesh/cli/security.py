@@ -29,7 +29,9 @@ from infermesh.security.identity import SpiffeId, spiffe_ids_of
 from infermesh.security.jwt import JwtConfig
 from infermesh.security.tls import ClientTls, TlsFiles
 
-certs_app = typer.Typer(help="Cell certificates: a CA and short-lived node/user certificates.")
+certs_app = typer.Typer(
+    help="Cell certificates: a CA and short-lived node/user certificates.", no_args_is_help=True
+)
 rbac_app = typer.Typer(help="Role grants: who may do what in the cell.", no_args_is_help=True)
 quota_app = typer.Typer(help="Per-tenant job quotas.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log of mutating calls.", no_args_is_help=True)
