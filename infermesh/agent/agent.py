@@ -40,6 +40,7 @@ from infermesh.agent.telemetry import Telemetry
 from infermesh.client.coordinator import async_stub
 from infermesh.client.generated import coordinator_pb2 as pb
 from infermesh.core.errors import UsageError
+from infermesh.security.tls import ClientTls
 from infermesh.signal.collective import IPC_ENV
 
 logger = logging.getLogger(__name__)
@@ -120,8 +121,10 @@ class NodeAgent:
         addr: str | None = None,
         telemetry: Telemetry | None = None,
         endpoints: list[pb.ServingEndpoint] | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         self.coordinator = coordinator
+        self.tls = tls
         self.node_id = node_id or socket.gethostname()
         self.cell = cell
         self.workdir = Path(workdir).resolve()
@@ -165,9 +168,13 @@ class NodeAgent:
     async def run(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         backoff = 0.2
-        channel, stub = async_stub(self.coordinator)
+        channel, stub = async_stub(self.coordinator, tls=self.tls)
         try:
             while not self._stop.is_set():
+                if self.tls is not None and self.tls.changed():  # rotated: new handshake
+                    logger.info("TLS files changed; reconnecting with the new certificate")
+                    await channel.close()
+                    channel, stub = async_stub(self.coordinator, tls=self.tls)
                 try:
                     reply = await stub.Register(
                         pb.RegisterRequest(spec=self.spec(), epoch=self.epoch), timeout=10
@@ -188,6 +195,7 @@ class NodeAgent:
                     if error.code() in (
                         grpc.StatusCode.ALREADY_EXISTS,
                         grpc.StatusCode.INVALID_ARGUMENT,
+                        grpc.StatusCode.PERMISSION_DENIED,
                     ):
                         raise UsageError(
                             f"coordinator refused node {self.node_id}: {error.details()}"
@@ -292,6 +300,8 @@ class NodeAgent:
             INFERMESH_COORDINATOR=self.coordinator,
             INFERMESH_PARENT_PID=str(os.getpid()),
         )
+        if self.tls is not None and self.tls.files is not None:
+            env.update(self.tls.files.env())  # the launcher's rendezvous uses the node's bundle
         env.setdefault("PYTHONUNBUFFERED", "1")
         cwd = spec.workdir or str(self.workdir)
         logger.info("starting job %s: %s", assignment.job_id, " ".join(cmd))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import zlib
@@ -21,9 +22,20 @@ import typer
 
 from infermesh.agent.agent import NodeAgent
 from infermesh.agent.telemetry import Telemetry
+from infermesh.cli.security import (
+    CaOpt,
+    CertOpt,
+    InsecureOpt,
+    KeyOpt,
+    ServerNameOpt,
+    TlsDirOpt,
+    client_tls,
+    server_security,
+)
 from infermesh.client.coordinator import DEFAULT_PORT, parse_address, pb, resolve_address
 from infermesh.control.coordinator import Coordinator, check_port, default_store_url
 from infermesh.core.errors import InferMeshError, UsageError
+from infermesh.security.tls import ENV_CA, ENV_CERT, ENV_DIR, ENV_KEY, ClientTls
 
 coordinator_app = typer.Typer(help="Run the cell coordinator.", no_args_is_help=True)
 agent_app = typer.Typer(help="Run a node agent.", no_args_is_help=True)
@@ -102,12 +114,44 @@ def coordinator_start(
     ),
     metrics_port: int = typer.Option(-1, help="Serve Prometheus /metrics here (0: any port)."),
     log_level: str = typer.Option("INFO", help="Log level."),
+    tls_dir: TlsDirOpt = "",
+    ca: CaOpt = "",
+    cert: CertOpt = "",
+    key: KeyOpt = "",
+    insecure: InsecureOpt = False,
+    token_port: int = typer.Option(
+        -1, help="Extra TLS port for bearer-token callers without certificates (-1: none)."
+    ),
+    admin: Annotated[
+        list[str] | None,
+        typer.Option(help="Subject that is always admin, e.g. user:alice (repeatable)."),
+    ] = None,
+    jwt_issuer: str = typer.Option("", help="Accept JWTs from this OIDC issuer."),
+    jwt_audience: str = typer.Option("", help="Audience the JWTs must name."),
+    jwt_jwks_file: str = typer.Option("", help="The issuer's JWKS as a file."),
+    jwt_jwks_url: str = typer.Option("", help="The issuer's JWKS URL."),
 ) -> None:
     """Start the coordinator of one cell and serve until Ctrl-C."""
     _logging(log_level)
     _metrics(metrics_port, host)
 
     async def main() -> None:
+        files = [tls_dir, ca, cert, key]
+        if not any(files) and not insecure:  # the environment stands in for the flags
+            files = [os.environ.get(v, "") for v in (ENV_DIR, ENV_CA, ENV_CERT, ENV_KEY)]
+        security = server_security(
+            tls_dir=files[0],
+            ca=files[1],
+            cert=files[2],
+            key=files[3],
+            insecure=insecure,
+            token_port=token_port,
+            admins=admin,
+            jwt_issuer=jwt_issuer,
+            jwt_audience=jwt_audience,
+            jwt_jwks_file=jwt_jwks_file,
+            jwt_jwks_url=jwt_jwks_url,
+        )
         Path(state_dir).mkdir(parents=True, exist_ok=True)
         coord = Coordinator(
             store_url=store or default_store_url(state_dir),
@@ -117,9 +161,15 @@ def coordinator_start(
             suspect_after_s=suspect_after,
             dead_after_s=dead_after,
             quarantine_stragglers=quarantine_stragglers,
+            security=security,
         )
         await coord.start()
-        typer.echo(f"infermesh: coordinator of cell {cell} at {coord.address} (insecure)")
+        mode = security.describe()
+        if not security.secure and not insecure:
+            mode += ", loopback only; see `infermesh certs` for a secure cell"
+        if coord.token_port:
+            mode += f"; bearer tokens without certificates on port {coord.token_port}"
+        typer.echo(f"infermesh: coordinator of cell {cell} at {coord.address} ({mode})")
         try:
             await _until_signal()
         finally:
@@ -154,12 +204,19 @@ def agent_start(
     ] = None,
     metrics_port: int = typer.Option(-1, help="Serve Prometheus /metrics here (0: any port)."),
     log_level: str = typer.Option("INFO", help="Log level."),
+    tls_dir: TlsDirOpt = "",
+    ca: CaOpt = "",
+    cert: CertOpt = "",
+    key: KeyOpt = "",
+    tls_server_name: ServerNameOpt = "",
+    insecure: InsecureOpt = False,
 ) -> None:
     """Register this machine with the coordinator and run the work it assigns."""
     _logging(log_level)
     _metrics(metrics_port, "0.0.0.0")
 
     async def main() -> None:
+        tls = client_tls(tls_dir, ca, cert, key, server_name=tls_server_name, insecure=insecure)
         address = resolve_address(coordinator or None)
         if address is None:
             raise UsageError(
@@ -176,6 +233,7 @@ def agent_start(
             addr,
             fake_gpus,
             _endpoints(endpoint or []),
+            tls,
         )
         task = asyncio.create_task(agent.run())
         stopper = asyncio.create_task(_until_signal())
@@ -198,6 +256,7 @@ def _make_agent(
     addr: str,
     fake_gpus: int,
     endpoints: list[pb.ServingEndpoint] | None = None,
+    tls: ClientTls | None = None,
 ) -> NodeAgent:
     return NodeAgent(
         coordinator=address,
@@ -212,6 +271,7 @@ def _make_agent(
             fake_gpus, endpoints or [], collective_socket=_socket_path(workdir)
         ),
         endpoints=endpoints,
+        tls=tls,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 import infermesh
-from infermesh.cli import cell, jobs, nodes, runs, stats, topo
+from infermesh.cli import cell, jobs, nodes, runs, security, stats, topo
 from infermesh.cli import serve as serve_cli
 from infermesh.cli.sim import sim_app
 
@@ -26,6 +26,11 @@ app.add_typer(jobs.app, name="jobs")
 app.command("stats")(stats.stats)
 app.command("serve")(serve_cli.serve)
 app.add_typer(serve_cli.router_app, name="router")
+app.add_typer(security.certs_app, name="certs")
+app.add_typer(security.rbac_app, name="rbac")
+app.add_typer(security.quota_app, name="quota")
+app.add_typer(security.audit_app, name="audit")
+app.command("whoami")(security.whoami)
 
 
 @app.command()

@@ -17,10 +17,12 @@ import grpc
 from infermesh.client.generated import coordinator_pb2 as pb
 from infermesh.client.generated import coordinator_pb2_grpc as pb_grpc
 from infermesh.core.errors import InferMeshError, UsageError
+from infermesh.security.tls import ClientTls
 
 __all__ = [
     "COORDINATOR_ENV",
     "DEFAULT_PORT",
+    "AccessDenied",
     "CoordinatorClient",
     "CoordinatorError",
     "CoordinatorUnavailable",
@@ -52,6 +54,15 @@ class CoordinatorError(InferMeshError):
 
 class CoordinatorUnavailable(CoordinatorError):
     """Nothing answers at the coordinator address."""
+
+
+class AccessDenied(CoordinatorError):
+    """The coordinator did not accept the caller's identity or role for this call."""
+
+
+def _tls_failure(detail: str) -> bool:
+    text = detail.lower()
+    return any(word in text for word in ("handshake", "ssl", "tls", "certificate"))
 
 
 class NotFound(CoordinatorError):
@@ -95,6 +106,15 @@ def resolve_address(flag: str | None) -> str | None:
 def _translate(error: grpc.RpcError, address: str, method: str) -> CoordinatorError:
     code = error.code() if hasattr(error, "code") else None
     detail = error.details() if hasattr(error, "details") else str(error)
+    if code == grpc.StatusCode.UNAVAILABLE and _tls_failure(detail):
+        return CoordinatorUnavailable(
+            f"the TLS handshake with {address} failed ({detail}); the coordinator and this "
+            "client must hold certificates of the same cell CA, unexpired (`infermesh certs "
+            "show`), and plaintext and TLS do not mix (--tls-dir / --insecure on both sides)",
+            code,
+        )
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return AccessDenied(detail or f"{method}: {code.name.lower()}", code)
     if code == grpc.StatusCode.UNAVAILABLE:
         return CoordinatorUnavailable(
             f"no coordinator answers at {address} ({detail}); start one with "
@@ -109,13 +129,35 @@ def _translate(error: grpc.RpcError, address: str, method: str) -> CoordinatorEr
     return CoordinatorError(detail or f"{method} failed with {code}", code)
 
 
-def async_stub(address: str, credentials: grpc.ChannelCredentials | None = None) -> Any:
-    """An asyncio channel and stub to the coordinator: ``(channel, stub)``."""
+def _security(
+    credentials: grpc.ChannelCredentials | None, tls: ClientTls | None
+) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+    """Credentials and channel options: explicit ones, else TLS from flags or environment."""
+    if credentials is not None:
+        return credentials, list(CHANNEL_OPTIONS)
+    tls = tls if tls is not None else ClientTls.from_options()
+    if tls is None:
+        return None, list(CHANNEL_OPTIONS)
+    return tls.channel_credentials(), [*CHANNEL_OPTIONS, *tls.options()]
+
+
+def async_stub(
+    address: str,
+    credentials: grpc.ChannelCredentials | None = None,
+    *,
+    tls: ClientTls | None = None,
+) -> Any:
+    """An asyncio channel and stub to the coordinator: ``(channel, stub)``.
+
+    Without ``credentials`` or ``tls`` the TLS environment variables decide (see
+    :mod:`infermesh.security.tls`); none set means a plaintext channel.
+    """
     target = parse_address(address)
-    if credentials is None:
-        channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    creds, options = _security(credentials, tls)
+    if creds is None:
+        channel = grpc.aio.insecure_channel(target, options=options)
     else:
-        channel = grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        channel = grpc.aio.secure_channel(target, creds, options=options)
     return channel, pb_grpc.CoordinatorStub(channel)
 
 
@@ -128,13 +170,15 @@ class CoordinatorClient:
         *,
         timeout_s: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         self.address = parse_address(address)
         self.timeout_s = timeout_s
-        if credentials is None:
-            self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        creds, options = _security(credentials, tls)
+        if creds is None:
+            self._channel = grpc.insecure_channel(self.address, options=options)
         else:
-            self._channel = grpc.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
+            self._channel = grpc.secure_channel(self.address, creds, options=options)
         self._stub = pb_grpc.CoordinatorStub(self._channel)
 
     def __enter__(self) -> CoordinatorClient:

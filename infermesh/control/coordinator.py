@@ -21,14 +21,19 @@ import grpc
 from infermesh.client.coordinator import CHANNEL_OPTIONS
 from infermesh.client.generated import coordinator_pb2 as pb
 from infermesh.client.generated import coordinator_pb2_grpc as pb_grpc
+from infermesh.control.audit import AuditLog
+from infermesh.control.auth import Guard, SecurityConfig
 from infermesh.control.jobs import JobManager
 from infermesh.control.membership import Membership, NodeEntry
+from infermesh.control.policy import Policy
 from infermesh.control.records import Records
+from infermesh.control.security_service import SecurityRpcs
 from infermesh.control.service import CoordinatorService
 from infermesh.control.store import Store, open_store
 from infermesh.core.cell import NodeStatus
 from infermesh.core.errors import PortInUse, UsageError
 from infermesh.obs.metrics import counter
+from infermesh.security.tls import ServerTls, trust_domain_of
 from infermesh.signal.api import parse_labels
 from infermesh.signal.export import SignalExporter
 from infermesh.signal.fusion import Health, SignalTable
@@ -39,6 +44,10 @@ STRAGGLER = "train.straggler"
 KEEP_REVISIONS = 10_000
 """Store history kept for watches; older revisions are compacted every minute."""
 TELEMETRY = counter("infermesh_coordinator_samples", "Telemetry samples ingested", ("cell",))
+
+
+class Servicer(SecurityRpcs, CoordinatorService):
+    """The whole Coordinator service: cell calls plus grants, quotas and the audit log."""
 
 
 def default_store_url(state_dir: str | Path) -> str:
@@ -59,6 +68,7 @@ class Coordinator:
         dead_after_s: float = 10.0,
         heartbeat_interval_s: float = 1.0,
         quarantine_stragglers: bool = False,
+        security: SecurityConfig | None = None,
     ) -> None:
         self.store_url = store_url
         self.quarantine_stragglers = quarantine_stragglers
@@ -70,6 +80,10 @@ class Coordinator:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.server: grpc.aio.Server | None = None
+        self.security = security or SecurityConfig()
+        self.token_port: int | None = None
+        self.server_tls: ServerTls | None = None
+        self.security.check(host)
 
     @property
     def address(self) -> str:
@@ -94,10 +108,21 @@ class Coordinator:
         await self.records.load_events()
         await self.membership.load()
         await self.jobs.load()
-        self.server = grpc.aio.server(options=CHANNEL_OPTIONS)
-        pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(self), self.server)
+        self.policy = Policy(self.records, self.security.admins)
+        await self.policy.load()
+        self.jobs.quota = self.policy
+        self.audit = AuditLog(self.records)
+        await self.audit.load()
+        trust_domain = None
+        if self.security.tls is not None:
+            trust_domain = trust_domain_of(self.security.tls.read()[0])
+        interceptors = [Guard(self, self.security, trust_domain)]
+        self.server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=interceptors)
+        pb_grpc.add_CoordinatorServicer_to_server(Servicer(self), self.server)
         try:
-            bound = self.server.add_insecure_port(f"{self.host}:{self.port}")
+            bound, self.token_port, self.server_tls = self.security.bind(
+                self.server, self.host, self.port
+            )
         except RuntimeError:
             bound = 0
         if bound == 0:
@@ -106,10 +131,12 @@ class Coordinator:
         await self.server.start()
         self._tasks.append(asyncio.create_task(self.membership.run_monitor(self._stop)))
         self._tasks.append(asyncio.create_task(self._maintain()))
+        self._tasks.append(asyncio.create_task(self.policy.follow(self._stop)))
         logger.info(
-            "coordinator for cell %s listening on %s (store %s)",
+            "coordinator for cell %s listening on %s (%s; store %s)",
             self.cell,
             self.address,
+            self.security.describe(),
             self.store_url,
         )
 

@@ -15,6 +15,7 @@ import re
 import time
 from collections import deque
 from dataclasses import replace
+from typing import Protocol
 
 from infermesh.client.generated import coordinator_pb2 as pb
 from infermesh.control.membership import Membership
@@ -28,7 +29,7 @@ from infermesh.core.cell import (
     PlacementRefused,
     PlacementRequest,
 )
-from infermesh.core.errors import UsageError
+from infermesh.core.errors import QuotaExceeded, UsageError
 from infermesh.obs.metrics import counter, gauge
 from infermesh.obs.tracing import get_tracer
 from infermesh.train.planning.placement import format_placement, plan_placement
@@ -48,6 +49,14 @@ PROGRESS_PERSIST_S = 5.0
 
 class JobNotFound(KeyError):
     pass
+
+
+class QuotaCheck(Protocol):
+    """Tenant limits (see :class:`~infermesh.control.policy.Policy`)."""
+
+    def admit(self, job: pb.Job, active: list[pb.Job]) -> None: ...
+
+    def node_cap(self, job: pb.Job, active: list[pb.Job]) -> tuple[int, str] | None: ...
 
 
 def validate_job_spec(spec: pb.JobSpec) -> None:
@@ -85,6 +94,7 @@ class JobManager:
         self.rendezvous = Rendezvous(self.cell, self.expected_nodes, self.on_round)
         self._next_id = 0
         self._progress: dict[str, tuple[int, float, float]] = {}  # job -> (step, t, persisted)
+        self.quota: QuotaCheck | None = None
         membership.listeners.append(self.on_node_change)
 
     # -- loading ---------------------------------------------------------------------------
@@ -165,11 +175,18 @@ class JobManager:
         return job.spec.nodes_max or max(job.spec.nodes_min, len(self.membership.nodes))
 
     # -- placement -------------------------------------------------------------------------
+    def _quota_cap(self, job: pb.Job) -> tuple[int, str] | None:
+        return None if self.quota is None else self.quota.node_cap(job, self.active())
+
     def _request(self, job: pb.Job, keep: tuple[str, ...] = ()) -> PlacementRequest:
+        nodes_max = self._nodes_max(job)
+        cap = self._quota_cap(job)
+        if cap is not None and cap[0] >= job.spec.nodes_min:  # below: _try_place waits
+            nodes_max = min(nodes_max, cap[0])
         return PlacementRequest(
             job_id=job.job_id,
             nodes_min=job.spec.nodes_min,
-            nodes_max=self._nodes_max(job),
+            nodes_max=nodes_max,
             nproc_per_node=job.spec.nproc_per_node,
             cell=job.spec.cell or None,
             constraints=dict(job.spec.constraints),
@@ -207,6 +224,8 @@ class JobManager:
         if dry_run:
             placement, nodes = self._plan(job)
             return job, format_placement(placement, nodes)
+        if self.quota is not None:
+            self.quota.admit(job, self.active())
         self._feasible(job)
         self._next_id += 1
         self.jobs[job.job_id] = job
@@ -219,8 +238,11 @@ class JobManager:
 
     async def _try_place(self, job: pb.Job) -> str:
         try:
+            cap = self._quota_cap(job)
+            if cap is not None and cap[0] < job.spec.nodes_min:
+                raise QuotaExceeded(cap[1])
             placement, nodes = self._plan(job)
-        except PlacementRefused as refused:
+        except (PlacementRefused, QuotaExceeded) as refused:
             if job.message != str(refused):
                 job.message = str(refused)
                 await self._save(job)
@@ -254,7 +276,8 @@ class JobManager:
 
     async def _grow(self, job: pb.Job) -> None:
         """Add healthy nodes to a job running below its maximum (joins at the next round)."""
-        if len(job.nodes) >= self._nodes_max(job):
+        cap = self._quota_cap(job)
+        if len(job.nodes) >= min(self._nodes_max(job), cap[0] if cap else len(job.nodes) + 1):
             return
         try:
             placement, _ = self._plan(job, keep=tuple(job.nodes))

@@ -25,7 +25,7 @@ from infermesh.control.jobs import JobNotFound
 from infermesh.control.membership import DuplicateNode, StaleEpoch
 from infermesh.control.rendezvous import RendezvousClosed
 from infermesh.core.cell import JobStatus, NodeStatus, PlacementRefused
-from infermesh.core.errors import UsageError
+from infermesh.core.errors import PermissionDenied, QuotaExceeded, Unauthenticated, UsageError
 from infermesh.obs.tracing import get_tracer
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (DuplicateNode, grpc.StatusCode.ALREADY_EXISTS),
     (StaleEpoch, grpc.StatusCode.FAILED_PRECONDITION),
     (PlacementRefused, grpc.StatusCode.FAILED_PRECONDITION),
+    (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (RendezvousClosed, grpc.StatusCode.FAILED_PRECONDITION),
     (JobNotFound, grpc.StatusCode.NOT_FOUND),
     (KeyError, grpc.StatusCode.NOT_FOUND),

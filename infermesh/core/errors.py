@@ -11,7 +11,10 @@ __all__ = [
     "CheckpointError",
     "InferMeshError",
     "LaunchError",
+    "PermissionDenied",
     "PortInUse",
+    "QuotaExceeded",
+    "Unauthenticated",
     "UsageError",
     "WorkerFailed",
 ]
@@ -49,3 +52,15 @@ class WorkerFailed(LaunchError):
 
 class CheckpointError(InferMeshError):
     """A checkpoint is missing, unreadable or does not fit the job; the message names the path."""
+
+
+class Unauthenticated(InferMeshError):
+    """The caller presented no identity the cell accepts (no or bad certificate or token)."""
+
+
+class PermissionDenied(InferMeshError):
+    """The caller is known but its role (or ownership) does not allow the call."""
+
+
+class QuotaExceeded(InferMeshError):
+    """A tenant's job quota (concurrent jobs or slots) does not leave room for the job."""

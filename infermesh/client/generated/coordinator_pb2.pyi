@@ -526,3 +526,139 @@ class RendezvousStatus(_message.Message):
     nodes_waiting: int
     closed: bool
     def __init__(self, round: _Optional[int] = ..., nodes_waiting: _Optional[int] = ..., closed: _Optional[bool] = ...) -> None: ...
+
+class GrantRecord(_message.Message):
+    __slots__ = ("subject", "role", "tenant", "granted_by", "granted_at", "source")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_BY_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_AT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    role: str
+    tenant: str
+    granted_by: str
+    granted_at: float
+    source: str
+    def __init__(self, subject: _Optional[str] = ..., role: _Optional[str] = ..., tenant: _Optional[str] = ..., granted_by: _Optional[str] = ..., granted_at: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
+
+class GrantRequest(_message.Message):
+    __slots__ = ("subject", "role", "tenant")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    role: str
+    tenant: str
+    def __init__(self, subject: _Optional[str] = ..., role: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class RevokeResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: bool
+    def __init__(self, removed: _Optional[bool] = ...) -> None: ...
+
+class ListGrantsRequest(_message.Message):
+    __slots__ = ("subject",)
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    def __init__(self, subject: _Optional[str] = ...) -> None: ...
+
+class ListGrantsResponse(_message.Message):
+    __slots__ = ("grants",)
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    grants: _containers.RepeatedCompositeFieldContainer[GrantRecord]
+    def __init__(self, grants: _Optional[_Iterable[_Union[GrantRecord, _Mapping]]] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("seq", "ts", "principal", "method", "target", "result", "detail", "tenant", "source")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    ts: float
+    principal: str
+    method: str
+    target: str
+    result: str
+    detail: str
+    tenant: str
+    source: str
+    def __init__(self, seq: _Optional[int] = ..., ts: _Optional[float] = ..., principal: _Optional[str] = ..., method: _Optional[str] = ..., target: _Optional[str] = ..., result: _Optional[str] = ..., detail: _Optional[str] = ..., tenant: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("principal", "method", "limit", "since")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    method: str
+    limit: int
+    since: float
+    def __init__(self, principal: _Optional[str] = ..., method: _Optional[str] = ..., limit: _Optional[int] = ..., since: _Optional[float] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...
+
+class Quota(_message.Message):
+    __slots__ = ("tenant", "max_jobs", "max_slots")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    MAX_JOBS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    max_jobs: int
+    max_slots: int
+    def __init__(self, tenant: _Optional[str] = ..., max_jobs: _Optional[int] = ..., max_slots: _Optional[int] = ...) -> None: ...
+
+class QuotaUsage(_message.Message):
+    __slots__ = ("quota", "jobs", "slots")
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    quota: Quota
+    jobs: int
+    slots: int
+    def __init__(self, quota: _Optional[_Union[Quota, _Mapping]] = ..., jobs: _Optional[int] = ..., slots: _Optional[int] = ...) -> None: ...
+
+class ListQuotasRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListQuotasResponse(_message.Message):
+    __slots__ = ("quotas",)
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
+    quotas: _containers.RepeatedCompositeFieldContainer[QuotaUsage]
+    def __init__(self, quotas: _Optional[_Iterable[_Union[QuotaUsage, _Mapping]]] = ...) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WhoAmIResponse(_message.Message):
+    __slots__ = ("principal", "spiffe_id", "source", "roles", "tenant", "groups", "expires_at")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    spiffe_id: str
+    source: str
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    tenant: str
+    groups: _containers.RepeatedScalarFieldContainer[str]
+    expires_at: float
+    def __init__(self, principal: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., source: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., tenant: _Optional[str] = ..., groups: _Optional[_Iterable[str]] = ..., expires_at: _Optional[float] = ...) -> None: ...

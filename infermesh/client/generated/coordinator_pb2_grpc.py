@@ -114,6 +114,41 @@ class CoordinatorStub:
                 request_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.RendezvousRequest.SerializeToString,
                 response_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.RendezvousStatus.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/infermesh.v1.Coordinator/WhoAmI',
+                request_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
+        self.Grant = channel.unary_unary(
+                '/infermesh.v1.Coordinator/Grant',
+                request_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.GrantRequest.SerializeToString,
+                response_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.GrantRecord.FromString,
+                _registered_method=True)
+        self.Revoke = channel.unary_unary(
+                '/infermesh.v1.Coordinator/Revoke',
+                request_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.GrantRequest.SerializeToString,
+                response_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.RevokeResponse.FromString,
+                _registered_method=True)
+        self.ListGrants = channel.unary_unary(
+                '/infermesh.v1.Coordinator/ListGrants',
+                request_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListGrantsRequest.SerializeToString,
+                response_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/infermesh.v1.Coordinator/SetQuota',
+                request_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.Quota.SerializeToString,
+                response_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.Quota.FromString,
+                _registered_method=True)
+        self.ListQuotas = channel.unary_unary(
+                '/infermesh.v1.Coordinator/ListQuotas',
+                request_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListQuotasRequest.SerializeToString,
+                response_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListQuotasResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/infermesh.v1.Coordinator/ListAudit',
+                request_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -215,6 +250,48 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Grant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Revoke(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGrants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetQuota(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuotas(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -297,6 +374,41 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.RendezvousClose,
                     request_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.RendezvousRequest.FromString,
                     response_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.RendezvousStatus.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.WhoAmIRequest.FromString,
+                    response_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'Grant': grpc.unary_unary_rpc_method_handler(
+                    servicer.Grant,
+                    request_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.GrantRequest.FromString,
+                    response_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.GrantRecord.SerializeToString,
+            ),
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.GrantRequest.FromString,
+                    response_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.RevokeResponse.SerializeToString,
+            ),
+            'ListGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrants,
+                    request_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListGrantsRequest.FromString,
+                    response_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.Quota.FromString,
+                    response_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.Quota.SerializeToString,
+            ),
+            'ListQuotas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuotas,
+                    request_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListQuotasRequest.FromString,
+                    response_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListQuotasResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListAuditRequest.FromString,
+                    response_serializer=infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -731,6 +843,195 @@ class Coordinator:
             '/infermesh.v1.Coordinator/RendezvousClose',
             infermesh_dot_client_dot_generated_dot_coordinator__pb2.RendezvousRequest.SerializeToString,
             infermesh_dot_client_dot_generated_dot_coordinator__pb2.RendezvousStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/infermesh.v1.Coordinator/WhoAmI',
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.WhoAmIRequest.SerializeToString,
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Grant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/infermesh.v1.Coordinator/Grant',
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.GrantRequest.SerializeToString,
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.GrantRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/infermesh.v1.Coordinator/Revoke',
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.GrantRequest.SerializeToString,
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.RevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/infermesh.v1.Coordinator/ListGrants',
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListGrantsRequest.SerializeToString,
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/infermesh.v1.Coordinator/SetQuota',
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.Quota.SerializeToString,
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.Quota.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuotas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/infermesh.v1.Coordinator/ListQuotas',
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListQuotasRequest.SerializeToString,
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListQuotasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/infermesh.v1.Coordinator/ListAudit',
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListAuditRequest.SerializeToString,
+            infermesh_dot_client_dot_generated_dot_coordinator__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,
