@@ -361,7 +361,12 @@ class Guard(grpc.aio.ServerInterceptor):
         self, method: str, request: Any, caller: Caller, code: grpc.StatusCode, detail: str
     ) -> None:
         rule = RULES.get(method)
-        if rule is None or not self.enforce or not rule.audit or (method == "SubmitJob" and request.dry_run):
+        if (
+            rule is None
+            or not self.enforce
+            or not rule.audit
+            or (method == "SubmitJob" and request.dry_run)
+        ):
             return
         ident = caller.identity
         try:
