@@ -169,3 +169,30 @@ def test_saturated_fleet_answers_429() -> None:
                 b.cancel()
 
     run(body)
+
+
+def test_a_pooled_connection_the_backend_closed_is_replaced_without_a_failure() -> None:
+    from infermesh.serve.fake_backend import FakeBackend, FakeBackendConfig
+    from infermesh.serve.router.upstream import UpstreamPool
+
+    async def body() -> None:
+        first = FakeBackend(FakeBackendConfig())
+        port = await first.start()
+        pool = UpstreamPool()
+        hdr = b"Content-Type: application/json\r\n"
+        req = b'{"prompt": "a", "max_tokens": 2}'
+        resp = await pool.post("127.0.0.1", port, "/v1/completions", hdr, req)
+        assert resp.status == 200 and b"tok tok" in await resp.read()
+        resp.close()  # back to the pool
+        await first.close()  # closes the idle connection from the server side
+        second = FakeBackend(FakeBackendConfig(port=port))
+        await second.start()
+        try:
+            resp = await pool.post("127.0.0.1", port, "/v1/completions", hdr, req)
+            assert resp.status == 200 and b"tok tok" in await resp.read()
+            resp.close()
+        finally:
+            pool.close()
+            await second.close()
+
+    run(body)

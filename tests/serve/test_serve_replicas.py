@@ -77,3 +77,38 @@ def test_cli_explains_bad_input(tmp_path: Path) -> None:
         app, ["router", "start", "--backends", "http://a:1", "--strategy-options", "{x"]
     )
     assert r.exit_code == 2 and "--strategy-options is not JSON" in r.output
+
+
+@pytest.mark.slow
+def test_router_command_proxies_whole_and_streamed_answers(tmp_path: Path) -> None:
+    """The CLI path (its own process, on uvloop) end to end, against a fake backend."""
+    from tests.serve.test_router_faults import start_fake
+
+    fake, backend = start_fake(tmp_path, "b0")
+    router = subprocess.Popen(
+        [sys.executable, "-m", "infermesh.cli.serve", "router", "start", "--backends", backend,
+         "--port", "0", "--strategy", "hybrid"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert router.stdout is not None
+        line = router.stdout.readline()
+        assert line.startswith("infermesh router: http://127.0.0.1:"), line
+        url = line.split()[2]
+
+        async def body() -> None:
+            async with aiohttp.ClientSession() as s:
+                for _ in range(3):  # the second and third reuse the backend connection
+                    st, out, _ = await post(s, url + "/v1/completions", {"prompt": "a"})
+                    assert st == 200 and out["choices"][0]["text"].startswith("tok")
+                req = {"prompt": "a", "max_tokens": 3, "stream": True}
+                async with s.post(url + "/v1/completions", json=req) as r:
+                    assert stream_text(sse_events(await r.text())) == "tok tok tok"
+
+        run(body)
+    finally:
+        router.terminate()
+        fake.terminate()
+        assert router.wait(timeout=10) == 0
+        fake.wait(timeout=10)

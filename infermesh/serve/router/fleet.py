@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +34,11 @@ class BackendState:
 
     def __init__(self, spec: BackendSpec) -> None:
         self.spec = spec
+        parts = urllib.parse.urlsplit(spec.url)
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if self.tls else 80)
+        self.base_path = parts.path.rstrip("/")
         self.adapter: BackendAdapter = adapter(spec.kind, spec.model)
         self.healthy = True
         self.ejected_until = 0.0

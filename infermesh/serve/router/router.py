@@ -45,6 +45,7 @@ from infermesh.serve.openai import (
 from infermesh.serve.router.admission import HedgeBudget, TenantBuckets
 from infermesh.serve.router.api import BackendSource, RouterConfig
 from infermesh.serve.router.fleet import BackendState, Fleet, Pool
+from infermesh.serve.router.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from infermesh.serve.strategies.api import Hedge, Outcome, RequestView
 from infermesh.serve.strategies.host import StrategyHost
 from infermesh.serve.strategies.registry import create as create_strategy
@@ -89,7 +90,15 @@ INFLIGHT = metrics.gauge(
     "infermesh_router_backend_inflight", "Requests in flight per backend", ("node",)
 )
 
-_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"}
+_HOP = {
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "accept-encoding",  # answers are relayed as they are: ask for them uncompressed
+}
 _MAX_TENANT_LABELS = 100
 
 
@@ -121,7 +130,7 @@ class _Retryable(Exception):
 @dataclass
 class _Upstream:
     backend: BackendState
-    resp: aiohttp.ClientResponse
+    resp: UpstreamResponse
     first: bytes
     started: float
     first_at: float
@@ -186,6 +195,7 @@ class Router:
         self._ids = 0
         self._tenant_labels: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
+        self._upstream = UpstreamPool()
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._arm_metrics = {arm: _ArmMetrics(arm) for arm in self.arms}
@@ -220,7 +230,7 @@ class Router:
         ]
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=4096)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1]) if sockets else self.config.port
@@ -237,6 +247,7 @@ class Router:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        self._upstream.close()
 
     # ------------------------------------------------------------------ scraping
 
@@ -463,8 +474,12 @@ class Router:
             )
         am.requests.inc()
         self.hedge_budget.earn()
-        order = Fleet.fill_order(view, decision.targets, 1 + cfg.max_retries + 1)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        order = Fleet.fill_order(view, decision.targets, 2)  # first choice and hedge target
+        headers = b"".join(
+            f"{k}: {v}\r\n".encode("latin-1")
+            for k, v in request.headers.items()
+            if k.lower() not in _HOP
+        )
         self.inflight += 1
         up: _Upstream | None = None
         try:
@@ -513,24 +528,28 @@ class Router:
         path: str,
         raw: bytes,
         params: CompletionParams,
-        headers: dict[str, str],
+        headers: bytes,
         hedge: bool,
     ) -> _Upstream:
-        assert self._session is not None
         started = time.perf_counter()
         send_path, body = b.adapter.request(path, raw, params)
         try:
-            resp = await self._session.post(b.url + send_path, data=body, headers=headers)
-        except (aiohttp.ClientError, OSError) as e:
-            raise _Retryable(b, 502, b"", f"{type(e).__name__}: {e}") from None
+            resp = await self._upstream.post(
+                b.host, b.port, b.base_path + send_path, headers, body, b.tls
+            )
+        except UpstreamError as e:
+            raise _Retryable(b, 502, b"", str(e)) from None
         try:
             if resp.status >= 500 or resp.status == 429:
-                body = await resp.read()
+                try:
+                    body = await resp.read()
+                except UpstreamError:
+                    body = b""
                 raise _Retryable(b, resp.status, body, f"HTTP {resp.status}")
             try:
-                first = await resp.content.readany()
-            except (aiohttp.ClientError, OSError) as e:
-                raise _Retryable(b, 502, b"", f"{type(e).__name__}: {e}") from None
+                first = await resp.read_chunk()
+            except UpstreamError as e:
+                raise _Retryable(b, 502, b"", str(e)) from None
             if not first and resp.status == 200:
                 raise _Retryable(b, 502, b"", "empty answer")
             return _Upstream(b, resp, first, started, time.perf_counter(), hedge)
@@ -546,7 +565,7 @@ class Router:
         params: CompletionParams,
         path: str,
         raw: bytes,
-        headers: dict[str, str],
+        headers: bytes,
         am: _ArmMetrics,
     ) -> _Upstream:
         cfg = self.config
@@ -554,11 +573,23 @@ class Router:
         deadline = loop.time() + cfg.request_timeout_s
         tasks: dict[asyncio.Future[_Upstream], BackendState] = {}
         queue = list(order)
+        tried: list[int] = []
+        extended = False
         retries_left = cfg.max_retries
         last: _Retryable | None = None
 
+        def candidates() -> bool:
+            """Whether another backend is left to try (the rest are ranked on first need)."""
+            nonlocal extended
+            if not queue and not extended:
+                extended = True
+                rest = Fleet.fill_order(pool.view, (), pool.view.n_nodes)
+                queue.extend(r for r in rest if r not in tried)
+            return bool(queue)
+
         def launch(is_hedge: bool) -> None:
             row = queue.pop(0)
+            tried.append(row)
             b = self._launch(pool, row)
             tasks[asyncio.ensure_future(self._attempt(b, path, raw, params, headers, is_hedge))] = b
 
@@ -570,6 +601,7 @@ class Router:
                 delay: float | None = hedge.delay_s
                 if hedge.target in queue:  # the strategy's hedge target goes next
                     queue.remove(hedge.target)
+                if hedge.target not in tried and 0 <= hedge.target < pool.view.n_nodes:
                     queue.insert(0, hedge.target)
             else:
                 delay = primary.ttfb_quantile(cfg.hedge_quantile)
@@ -596,7 +628,7 @@ class Router:
                     if hedge_at is None or loop.time() < hedge_at:
                         continue  # the deadline: checked at the top of the loop
                     hedge_at = None
-                    if queue and self.hedge_budget.spend():
+                    if candidates() and self.hedge_budget.spend():
                         am.hedges.inc()
                         launch(True)
                     continue
@@ -619,7 +651,7 @@ class Router:
                             "backend %s ejected (%d consecutive failures)", b.url, cfg.eject_after
                         )
                         self.fleet.changed()
-                    if retries_left > 0 and queue and not tasks:
+                    if retries_left > 0 and not tasks and candidates():
                         retries_left -= 1
                         am.retries.inc()
                         launch(False)
@@ -635,8 +667,7 @@ class Router:
             )
         raise ApiError(
             502,
-            f"no backend could answer ({last}); tried {len(order) - len(queue)} of "
-            f"{len(pool.rows)} backends",
+            f"no backend could answer ({last}); tried {len(tried)} of {len(pool.rows)} backends",
             "server_error",
             code="backend_unavailable",
         )
@@ -645,9 +676,14 @@ class Router:
         self, request: web.Request, up: _Upstream, params: CompletionParams
     ) -> web.StreamResponse:
         a = up.backend.adapter
-        ctype = up.resp.headers.get("Content-Type", "application/json")
+        ctype = up.resp.headers.get("content-type", "application/json")
         if not ctype.startswith("text/event-stream"):
-            body = up.first + await up.resp.read()
+            try:
+                body = up.first + await up.resp.read()
+            except UpstreamError as e:
+                raise ApiError(
+                    502, f"backend answer broke off ({e})", "server_error", code="backend_error"
+                ) from None
             if not a.passthrough and up.resp.status == 200:
                 body = a.response(body, params)
             return web.Response(body=body, status=up.resp.status, headers={"Content-Type": ctype})
@@ -655,21 +691,24 @@ class Router:
             status=up.resp.status, headers={"Content-Type": ctype, "Cache-Control": "no-cache"}
         )
         await resp.prepare(request)
-        if a.passthrough:
-            await resp.write(up.first)
-            async for chunk in up.resp.content.iter_any():
-                await resp.write(chunk)
-        else:
-            buf = up.first
-            async for chunk in up.resp.content.iter_any():
-                buf += chunk
-                *events, buf = buf.split(b"\n\n")
-                for ev in events:
-                    if ev.startswith(b"data: ") and ev[6:] != b"[DONE]":
-                        ev = b"data: " + a.event(ev[6:], params)
-                    await resp.write(ev + b"\n\n")
-            if buf.strip():
-                await resp.write(buf)
+        buf = b""
+        chunk = up.first
+        try:
+            while chunk:
+                if a.passthrough:
+                    await resp.write(chunk)
+                else:
+                    buf += chunk
+                    *events, buf = buf.split(b"\n\n")
+                    for ev in events:
+                        if ev.startswith(b"data: ") and ev[6:] != b"[DONE]":
+                            ev = b"data: " + a.event(ev[6:], params)
+                        await resp.write(ev + b"\n\n")
+                chunk = await up.resp.read_chunk()
+        except UpstreamError as e:  # the client already has part of the answer: end it
+            log.warning("backend %s broke off a stream: %s", up.backend.url, e)
+        if buf.strip():
+            await resp.write(buf)
         await resp.write_eof()
         return resp
 
