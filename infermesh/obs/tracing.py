@@ -19,9 +19,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_exporter", "get_tracer"]
+__all__ = ["add_exporter", "exporting", "get_tracer"]
 
 _provider: TracerProvider | None = None
+_exporting = False
 
 
 def _get_provider() -> TracerProvider:
@@ -36,6 +37,8 @@ def _get_provider() -> TracerProvider:
                 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
                 _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+                global _exporting
+                _exporting = True
             except ImportError:
                 logger.warning(
                     "OTEL_EXPORTER_OTLP_ENDPOINT is set but opentelemetry-exporter-otlp is "
@@ -47,7 +50,15 @@ def _get_provider() -> TracerProvider:
 
 def add_exporter(exporter: SpanExporter) -> None:
     """Send every finished span to ``exporter`` as well (synchronously)."""
+    global _exporting
     _get_provider().add_span_processor(SimpleSpanProcessor(exporter))
+    _exporting = True
+
+
+def exporting() -> bool:
+    """Whether finished spans go anywhere (hot paths skip their spans otherwise)."""
+    _get_provider()
+    return _exporting
 
 
 def get_tracer(name: str) -> trace.Tracer:

@@ -202,3 +202,28 @@ def test_health_and_metrics() -> None:
                 assert r.status == 503
 
     run(body)
+
+
+def test_requests_are_traced_and_api_keys_never_become_labels() -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from infermesh.obs.tracing import add_exporter
+
+    exporter = InMemorySpanExporter()
+    add_exporter(exporter)
+
+    async def body() -> None:
+        async with fleet([{}]) as (_, url, _fakes), aiohttp.ClientSession() as s:
+            headers = {"Authorization": "Bearer sk-secret-123"}
+            async with s.post(
+                url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2}, headers=headers
+            ) as r:
+                assert r.status == 200
+            async with s.get(url + "/metrics") as r:
+                text = await r.text()
+            assert "sk-secret-123" not in text
+
+    run(body)
+    spans = [s for s in exporter.get_finished_spans() if s.name == "router.request"]
+    assert spans and spans[-1].attributes["status"] == 200
+    assert spans[-1].attributes["path"] == "/v1/completions"

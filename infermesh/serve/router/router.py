@@ -23,6 +23,7 @@ its model list every ``models_interval_s``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -36,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infermesh.obs import metrics
 from infermesh.obs.metrics import REGISTRY
+from infermesh.obs.tracing import exporting, get_tracer
 from infermesh.serve.openai import (
     ApiError,
     CompletionParams,
@@ -53,6 +55,7 @@ from infermesh.serve.strategies.registry import create as create_strategy
 __all__ = ["Router"]
 
 log = logging.getLogger(__name__)
+_tracer = get_tracer(__name__)
 
 _LAT = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 REQUESTS = metrics.counter("infermesh_router_requests", "Requests routed, per arm", ("strategy",))
@@ -347,6 +350,15 @@ class Router:
         return await self._handle(request, "/v1/chat/completions", chat=True)
 
     async def _handle(self, request: web.Request, path: str, chat: bool) -> web.StreamResponse:
+        if not exporting():  # a span costs tens of microseconds: only when someone reads it
+            return await self._answer(request, path, chat)
+        with _tracer.start_as_current_span("router.request") as span:
+            span.set_attribute("path", path)
+            response = await self._answer(request, path, chat)
+            span.set_attribute("status", response.status)
+            return response
+
+    async def _answer(self, request: web.Request, path: str, chat: bool) -> web.StreamResponse:
         try:
             return await self._route(request, path, chat)
         except ApiError as e:
@@ -359,10 +371,12 @@ class Router:
             return _json(ApiError(413, msg, code="body_too_large").body(), 413)
 
     def _tenant(self, request: web.Request) -> str:
+        """The caller's tenant: a digest of its API key (the key never reaches labels/logs)."""
         auth = request.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            return auth[7:].strip() or "anonymous"
-        return request.headers.get("X-API-Key", "") or "anonymous"
+        key = auth[7:].strip() if auth.startswith("Bearer ") else request.headers.get("X-API-Key")
+        if not key:
+            return "anonymous"
+        return "key-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
     def _tenant_label(self, key: str) -> str:
         if key in self._tenant_labels:
