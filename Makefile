@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-unit test-slow fmt lint typecheck bench clean
+.PHONY: help setup demo serve-demo test test-unit test-slow fmt lint typecheck bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,6 +17,9 @@ demo: setup  ## train the tiny GPT on an embedded local cell, then serve it and 
 	@$(BIN)/infermesh-run --nnodes auto --nproc-per-node 2 --run-dir runs \
 		examples/train_tiny_gpt.py trainer.max_steps=300 trainer.ckpt_every=100 \
 		trainer.out_dir=runs/tiny_gpt
+	@$(PY) examples/serve_once.py --checkpoint runs/tiny_gpt/checkpoints
+
+serve-demo: setup  ## serve the demo checkpoint (2 replicas behind the router) and ask it once
 	@$(PY) examples/serve_once.py --checkpoint runs/tiny_gpt/checkpoints
 
 test: setup  ## lint, typecheck and the whole test suite (what CI runs)
@@ -38,7 +41,7 @@ lint: setup  ## ruff lint and format check; generated gRPC code matches proto/
 typecheck: setup  ## mypy over the package
 	@$(BIN)/mypy
 
-bench: setup  ## the launcher benchmark against torchrun (others: benchmarks/*/README.md)
+bench: setup  ## the launcher benchmark against torchrun (the others: benchmarks/*/README.md)
 	@$(PY) benchmarks/launch/bench_launch.py
 
 clean:  ## remove runs/, caches and the virtual environment
