@@ -136,7 +136,6 @@ def test_quarantining_a_node_moves_its_job_off_it(cell, tmp_path):
         assert node1.status == "QUARANTINED" and node1.status_reason == "xid 79 on gpu 0"
 
 
-@both_stores
 def test_coordinator_sigkill_and_restart_loses_nothing_and_does_not_restart_the_job(cell, tmp_path):
     cell.start_agent("node-0")
     cell.start_agent("node-1")
