@@ -23,6 +23,15 @@ router_app = typer.Typer(
 app.add_typer(router_app, name="router")
 
 
+TlsDirHttp = Annotated[
+    str,
+    typer.Option(
+        help="Serve HTTPS with the bundle in this directory (cert.pem, key.pem, ca.pem, as "
+        "`infermesh certs issue` writes); reloaded when the files change."
+    ),
+]
+
+
 def _fail(exc: InferMeshError) -> NoReturn:
     typer.echo(f"infermesh: error: {exc}", err=True)
     raise typer.Exit(2)
@@ -57,6 +66,7 @@ def serve(
     strategy: Annotated[
         str, typer.Option(help="Router strategy with --replicas.")
     ] = "power_of_two",
+    tls_dir: TlsDirHttp = "",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
 ) -> None:
     """Serve a checkpoint of the tiny GPT with OpenAI-compatible endpoints."""
@@ -77,12 +87,14 @@ def serve(
             max_queue=max_queue,
             model_name=model_name,
             device=device,
+            tls_dir=tls_dir,
         )
         if replicas == 1:
             run_server(server)
-        else:
-            server = ServerConfig(**{**server.__dict__, "host": "127.0.0.1"})
-            run_replicas(server, replicas, RouterConfig(host=host, port=port, strategy=strategy))
+        else:  # replicas listen on loopback; the router is the public (TLS) port
+            server = ServerConfig(**{**server.__dict__, "host": "127.0.0.1", "tls_dir": ""})
+            router = RouterConfig(host=host, port=port, strategy=strategy, tls_dir=tls_dir)
+            run_replicas(server, replicas, router)
     except InferMeshError as e:
         _fail(e)
 
@@ -127,6 +139,7 @@ def router_start(
     ] = 0.002,
     scrape_interval: Annotated[float, typer.Option(help="Seconds between load scrapes.")] = 0.1,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 1 << 20,
+    tls_dir: TlsDirHttp = "",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
 ) -> None:
     """Route OpenAI requests over backends with a strategy, hedging and admission control."""
@@ -171,6 +184,7 @@ def router_start(
             decision_budget_s=decision_budget,
             scrape_interval_s=scrape_interval,
             max_body_bytes=max_body_bytes,
+            tls_dir=tls_dir,
         )
         run_router(cfg, specs, coordinator=cell)
     except InferMeshError as e:

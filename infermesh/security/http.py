@@ -110,6 +110,15 @@ class HttpTls:
         sock.context = self._current
 
 
+def https_context(tls_dir: str) -> ssl.SSLContext | None:
+    """The server context for an HTTP port given ``--tls-dir`` (None when it is empty)."""
+    if not tls_dir:
+        return None
+    files = TlsFiles.from_options(tls_dir=tls_dir)
+    assert files is not None
+    return HttpTls(files).context
+
+
 @dataclass(frozen=True)
 class Tenant:
     """Who a request is billed to: the tenant, the principal and how it was proven."""

@@ -227,3 +227,31 @@ def test_requests_are_traced_and_api_keys_never_become_labels() -> None:
     spans = [s for s in exporter.get_finished_spans() if s.name == "router.request"]
     assert spans and spans[-1].attributes["status"] == 200
     assert spans[-1].attributes["path"] == "/v1/completions"
+
+
+def test_router_serves_https_with_a_tls_dir(tmp_path) -> None:
+    import shutil
+    import ssl
+
+    from infermesh.control.store.etcd_testing import make_tls_files
+
+    pki = make_tls_files(tmp_path / "pki")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    shutil.copy(pki.ca, bundle / "ca.pem")
+    shutil.copy(pki.server_cert, bundle / "cert.pem")
+    shutil.copy(pki.server_key, bundle / "key.pem")
+    trust = ssl.create_default_context(cafile=str(pki.ca))
+
+    async def body() -> None:
+        async with fleet([{}], tls_dir=str(bundle)) as (_, url, _fakes):
+            https = url.replace("http://", "https://")
+            async with aiohttp.ClientSession() as s:
+                payload = {"prompt": "hi", "max_tokens": 2}
+                async with s.post(https + "/v1/completions", json=payload, ssl=trust) as r:
+                    assert r.status == 200
+                with pytest.raises(aiohttp.ClientError):  # plain HTTP is not served
+                    async with s.post(url + "/v1/completions", json=payload) as r:
+                        await r.read()
+
+    run(body)

@@ -95,6 +95,10 @@ class RouterConfig:
     port: int = 8080
     """TCP port (0 picks a free one)."""
 
+    tls_dir: str = ""
+    """Serve HTTPS with the certificate bundle in this directory (``cert.pem``, ``key.pem``,
+    ``ca.pem``; reloaded when the files change); empty: plain HTTP."""
+
     strategy: str = "power_of_two"
     """Routing strategy (a name from the strategy registry, or an alias such as ``hybrid``)."""
 

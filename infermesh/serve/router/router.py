@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from infermesh.obs import metrics
 from infermesh.obs.metrics import REGISTRY
 from infermesh.obs.tracing import exporting, get_tracer
+from infermesh.security.http import https_context
 from infermesh.serve.openai import (
     ApiError,
     CompletionParams,
@@ -233,7 +234,13 @@ class Router:
         ]
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=4096)
+        site = web.TCPSite(
+            self._runner,
+            self.config.host,
+            self.config.port,
+            backlog=4096,
+            ssl_context=https_context(self.config.tls_dir),
+        )
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1]) if sockets else self.config.port

@@ -51,6 +51,9 @@ class ServerConfig:
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:N]``."""
 
+    tls_dir: str = ""
+    """Serve HTTPS with the certificate bundle in this directory; empty: plain HTTP."""
+
     max_body_bytes: int = 1 << 20
     """Largest request body accepted (413 beyond it)."""
 

@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infermesh.obs.metrics import REGISTRY
 from infermesh.obs.tracing import get_tracer
+from infermesh.security.http import https_context
 from infermesh.serve._aio import run
 from infermesh.serve.openai import (
     ApiError,
@@ -95,7 +96,12 @@ class ModelServer:
         self.engine.start()
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        site = web.TCPSite(
+            self._runner,
+            self.config.host,
+            self.config.port,
+            ssl_context=https_context(self.config.tls_dir),
+        )
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
