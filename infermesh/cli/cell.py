@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import zlib
 from pathlib import Path
@@ -36,6 +35,7 @@ from infermesh.client.coordinator import DEFAULT_PORT, parse_address, pb, resolv
 from infermesh.control.coordinator import Coordinator, check_port, default_store_url
 from infermesh.core.errors import InferMeshError, UsageError
 from infermesh.security.tls import ENV_CA, ENV_CERT, ENV_DIR, ENV_KEY, ClientTls
+from infermesh.serve._aio import until_signal
 
 coordinator_app = typer.Typer(help="Run the cell coordinator.", no_args_is_help=True)
 agent_app = typer.Typer(help="Run a node agent.", no_args_is_help=True)
@@ -61,14 +61,6 @@ def _serve(main: asyncio.Future[None] | object) -> None:
     except InferMeshError as e:
         typer.echo(f"infermesh: {e}", err=True)
         raise typer.Exit(1) from None
-
-
-async def _until_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 def _endpoints(items: list[str]) -> list[pb.ServingEndpoint]:
@@ -171,7 +163,7 @@ def coordinator_start(
             mode += f"; bearer tokens without certificates on port {coord.token_port}"
         typer.echo(f"infermesh: coordinator of cell {cell} at {coord.address} ({mode})")
         try:
-            await _until_signal()
+            await until_signal()
         finally:
             await coord.stop()
 
@@ -236,7 +228,7 @@ def agent_start(
             tls,
         )
         task = asyncio.create_task(agent.run())
-        stopper = asyncio.create_task(_until_signal())
+        stopper = asyncio.create_task(until_signal())
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         agent.stop()
         stopper.cancel()
@@ -335,7 +327,7 @@ def up(
         if ready_file:
             Path(ready_file).write_text(coord.address + "\n")
         try:
-            await _until_signal()
+            await until_signal()
         finally:
             for a in nodes:
                 a.stop()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["run"]
+__all__ = ["run", "until_signal"]
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -18,3 +19,12 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+async def until_signal() -> None:
+    """Return when the process gets SIGINT or SIGTERM (servers' foreground wait)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

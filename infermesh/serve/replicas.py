@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from infermesh.core.errors import LaunchError
-from infermesh.serve._aio import run
+from infermesh.serve._aio import run, until_signal
 from infermesh.serve.router.api import BackendSpec, RouterConfig
 from infermesh.serve.router.router import Router
 from infermesh.serve.router.sources import StaticBackendSource
@@ -125,12 +125,8 @@ async def _serve_forever(rs: ReplicaSet) -> None:
         f"(strategy {cfg.strategy})",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_signal()
     finally:
         await rs.close()
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from collections.abc import Sequence
 
-from infermesh.serve._aio import run
+from infermesh.serve._aio import run, until_signal
 from infermesh.serve.router.api import BackendSpec, RouterConfig
 from infermesh.serve.router.router import Router
 from infermesh.serve.router.sources import CoordinatorBackendSource, StaticBackendSource
@@ -27,12 +25,8 @@ async def _serve(router: Router) -> None:
         f"backend(s), strategy {arms}",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_signal()
     finally:
         await router.close()
 

@@ -8,10 +8,8 @@ vLLM server).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import signal
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from infermesh.obs.metrics import REGISTRY
 from infermesh.obs.tracing import get_tracer
 from infermesh.security.http import https_context
-from infermesh.serve._aio import run
+from infermesh.serve._aio import run, until_signal
 from infermesh.serve.openai import (
     ApiError,
     CompletionParams,
@@ -263,12 +261,8 @@ async def _serve_forever(config: ServerConfig, loaded: LoadedModel) -> None:
         f"on http://{config.host}:{port}",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_signal()
     finally:
         await server.close()
 
