@@ -19,6 +19,7 @@ __all__ = [
     "ranked_rows",
     "rows_age",
     "smallest",
+    "smallest_list",
     "top_rows",
     "unavailable_penalty",
 ]
@@ -26,20 +27,27 @@ __all__ = [
 _INF = np.inf
 
 
-def smallest(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` smallest finite scores, best first (fewer if not enough)."""
+def smallest_list(scores: np.ndarray, k: int) -> list[int]:
+    """Indices of the ``k`` smallest finite scores, best first (fewer if not enough).
+
+    One partition and a Python sort of ``k`` items: a decision calls this on every
+    request, so it keeps numpy calls to two or three.
+    """
     n = scores.shape[0]
-    if k == 1 and n:
-        i = int(scores.argmin())
-        return np.array([i] if scores[i] < _INF else [], dtype=np.int64)
     if n == 0:
-        return scores.astype(np.int64)
-    k = min(k, n)
+        return []
+    if k == 1:
+        i = int(scores.argmin())
+        return [i] if scores[i] < _INF else []
     idx = scores.argpartition(k - 1)[:k] if k < n else np.arange(n)
-    top = scores[idx]
-    order = top.argsort(kind="stable")
-    idx, top = idx[order], top[order]
-    return idx[top < _INF]
+    vals = scores.take(idx).tolist()
+    pairs = sorted(zip(vals, idx.tolist(), strict=True))
+    return [i for v, i in pairs if v < _INF]
+
+
+def smallest(scores: np.ndarray, k: int) -> np.ndarray:
+    """:func:`smallest_list` as an integer array."""
+    return np.array(smallest_list(scores, k), dtype=np.int64)
 
 
 class CellCache:
@@ -113,13 +121,13 @@ def top_rows(view: FleetView, cell: int, node_scores: np.ndarray, k: int) -> tup
     rows = view.cell_rows(cell)
     scores = np.where(view.available[rows], node_scores, _INF)
     start = rows.start
-    return tuple(i + start for i in smallest(scores, k).tolist())
+    return tuple([i + start for i in smallest_list(scores, k)])
 
 
 def ranked_rows(view: FleetView, cell: int, scores: np.ndarray, k: int) -> tuple[int, ...]:
     """Top-``k`` rows of ``cell`` for scores that already hold ``inf`` where unavailable."""
-    start = view.cell_rows(cell).start
-    return tuple(i + start for i in smallest(scores, k).tolist())
+    start = view.cell_slices[cell].start
+    return tuple([i + start for i in smallest_list(scores, k)])
 
 
 def unavailable_penalty(view: FleetView, rows: slice) -> np.ndarray:
