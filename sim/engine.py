@@ -490,7 +490,10 @@ class _Engine:
         self._reschedule(n, t)
 
     def _finish(self, j: int, n: int, t: float) -> None:
-        """Copy ``j`` finished at its node: the request completes (latency etc. at the end)."""
+        """Copy ``j`` finished at its node: the request completes (latency etc. at the end).
+
+        The event loop inlines this; it is kept for readers and for tests of the model.
+        """
         r = self.j_req[j]
         self.r_live[r] -= 1
         if self.r_status[r] != Status.IN_FLIGHT:
@@ -498,31 +501,41 @@ class _Engine:
         self.r_status[r] = Status.COMPLETED
         self.r_winner[r] = j
         self.j_tdone[j] = t
+        if j != r or self.r_partner[r] >= 0:
+            self._settle_hedge(j, r, t)
+        host = self.host if self.arm is None else self.hosts[self.arm[r]]
+        if host.wants_feedback:
+            self._feedback(host, j, n, t)
+
+    def _settle_hedge(self, j: int, r: int, t: float) -> None:
+        """Copy ``j`` of hedged request ``r`` won: count it and cancel the other copy."""
         if j != r:
             self.r_hedge_won[r] = True
             self.counters["hedge_wins"] += 1
             self._cancel(r, t)
-        elif self.r_partner[r] >= 0:
+        else:
             self._cancel(self.r_partner[r], t)
-        host = self.host if self.arm is None else self.hosts[self.arm[r]]
-        if host.wants_feedback:
-            c = self.cell_of[n]
-            o = self.origin[r]
-            back = self.half_rtt[o][c] + self.resp_bytes[r] * self.inv_bw[o][c]
-            lat = t + back - self.arr_t[r]
-            k = self.kind[r]
-            host.observe(
-                Outcome(
-                    request_id=r,
-                    kind=self.kind_names[k],
-                    target=n,
-                    latency_s=lat,
-                    queue_s=self.j_tstart[j] - self.j_tnode[j],
-                    service_s=t - self.j_tstart[j],
-                    met_slo=lat <= self.slo[k],
-                    now=t,
-                )
+
+    def _feedback(self, host: StrategyHost, j: int, n: int, t: float) -> None:
+        """Tell the strategy how the request of copy ``j`` went (it finished at ``t``)."""
+        r = self.j_req[j]
+        c = self.cell_of[n]
+        o = self.origin[r]
+        back = self.half_rtt[o][c] + self.resp_bytes[r] * self.inv_bw[o][c]
+        lat = t + back - self.arr_t[r]
+        k = self.kind[r]
+        host.observe(
+            Outcome(
+                request_id=r,
+                kind=self.kind_names[k],
+                target=n,
+                latency_s=lat,
+                queue_s=self.j_tstart[j] - self.j_tnode[j],
+                service_s=t - self.j_tstart[j],
+                met_slo=lat <= self.slo[k],
+                now=t,
             )
+        )
 
     def _cancel(self, j: int, t: float) -> None:
         st = self.j_state[j]
@@ -695,6 +708,24 @@ class _Engine:
         hedging = cfg.service.hedging
         max_queue = cfg.service.max_queue_per_node
         work_and_kv = self._work_and_kv
+        r_winner, r_partner, j_req, j_tdone = (
+            self.r_winner,
+            self.r_partner,
+            self.j_req,
+            self.j_tdone,
+        )
+        caches, cache_cap, ptok, r_cache_hit = (
+            self.caches,
+            self.cache_cap,
+            self.ptok,
+            self.r_cache_hit,
+        )
+        output, prefill_tps, decode_tps = self.output, self.prefill_tps, self.decode_tps
+        kv_gb_per_token = [mb / 1024.0 for mb in self.kv_mb]
+        # the kind index whose work the loop computes itself (-1: leave it to _work_and_kv)
+        llm_batch = (
+            self.kind_names.index("llm") if self.batching and "llm" in self.kind_names else -1
+        )
         i = 0
         events = 0
         t = 0.0
@@ -793,10 +824,28 @@ class _Engine:
                         kv_used[n] -= kv
                     j_state[j] = _DONE
                     self.live_jobs -= 1
-                    self._finish(j, n, t)
+                    # ---- the request completes (inlined _finish)
+                    r = j_req[j]
+                    r_live[r] -= 1
+                    if r_status[r] == Status.IN_FLIGHT:
+                        r_status[r] = Status.COMPLETED
+                        r_winner[r] = j
+                        j_tdone[j] = t
+                        if j != r or r_partner[r] >= 0:
+                            self._settle_hedge(j, r, t)
+                        host = host0 if arm is None else hosts[arm[r]]
+                        if host.wants_feedback:
+                            self._feedback(host, j, n, t)
                     if queues[n]:
                         self._admit_queued(n, t)
-                    self._reschedule(n, t)
+                    # ---- re-time the node's next finish (inlined _reschedule)
+                    while hp and j_state[hp[0][1]] != _RUNNING:
+                        pop(hp)
+                    if hp:
+                        td = t + max(0.0, hp[0][0] - V[n]) / rate[n]
+                        ver[n] += 1
+                        nxt[n] = td
+                        push(ev, (td, next(seq), _COMPLETE, n, ver[n]))
                 elif et == _ARRIVE_NODE:
                     j = a
                     if j_state[j] == _CANCELLED:
@@ -809,7 +858,30 @@ class _Engine:
                         self._refuse(j, t)
                         events += 1
                         continue
-                    work, kv, prefill = work_and_kv(j, n)
+                    r = j_req[j]
+                    k = kind[r]
+                    if k == llm_batch:
+                        # ---- LLM work under batching (inlined _work_and_kv)
+                        pr = prompt[r]
+                        g = pgroup[r]
+                        if g >= 0 and cache_cap[n] > 0:
+                            cache = caches[n]
+                            if cache is None:
+                                cache = caches[n] = OrderedDict()
+                            if g in cache:
+                                cache.move_to_end(g)
+                                pr -= ptok[r]
+                                if j == r:
+                                    r_cache_hit[r] = True
+                            else:
+                                cache[g] = None
+                                if len(cache) > cache_cap[n]:
+                                    cache.popitem(last=False)
+                        prefill = pr / prefill_tps[n]
+                        work = prefill + output[r] / decode_tps[n]
+                        kv = (prompt[r] + output[r]) * kv_gb_per_token[k]
+                    else:
+                        work, kv, prefill = work_and_kv(j, n)
                     if kv > kv_cap[n]:
                         self.counters["too_large"] += 1
                         self._refuse(j, t)

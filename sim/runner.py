@@ -181,7 +181,10 @@ def _run_in_pool(
     cfg_data = to_dict(cfg)
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futs = {s: pool.submit(_worker, cfg_data, s, str(out), fmt, q) for s in names}
+            futs = {
+                s: pool.submit(_worker, cfg_data, s, str(out), fmt, q)
+                for s in sorted(names, key=_cost_rank)
+            }
             while q is not None and not all(f.done() for f in futs.values()):
                 try:
                     bars.update(*q.get(timeout=0.2))
@@ -191,6 +194,15 @@ def _run_in_pool(
     finally:
         if manager is not None:
             manager.shutdown()
+
+
+def _cost_rank(name: str) -> int:
+    """Submission order: the most expensive strategies first, so workers finish together.
+
+    The built-in list runs from the cheapest strategy to the most expensive one; other
+    names (third-party strategies, A/B splits of two strategies) count as expensive.
+    """
+    return -DEFAULT_SET.index(name) if name in DEFAULT_SET else -len(DEFAULT_SET)
 
 
 class _Bars:

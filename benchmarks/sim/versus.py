@@ -47,13 +47,15 @@ def run_once(tree: Path, case: str, out: Path) -> tuple[float, float]:
         [sys.executable, "-c", _CLI, "generate", "--example-type", scenario, "-o", str(cfg)],
         check=True,
         env=env,
+        cwd=tree,
         stdout=subprocess.DEVNULL,
     )
     cmd = [sys.executable, "-c", _CLI, "run", "-c", str(cfg), "-o", str(out)]
     cmd += ["--format", "csv", "--no-progress", *args]
     cpu0 = _children_cpu()
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    # cwd too: ``python -c`` puts the working directory ahead of PYTHONPATH
+    subprocess.run(cmd, check=True, env=env, cwd=tree, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0, _children_cpu() - cpu0
 
 

@@ -162,6 +162,7 @@ def test_prefix_affinity_sends_a_group_to_one_home_and_spills_when_busy() -> Non
     assert len(homes) == 1
     home = homes.pop()
     view.queue_depth[home] = 100.0
+    view.epoch += 1  # a host publishes new columns with a new epoch (FleetView's contract)
     assert s.decide(make_request(prefix_group=7), view, 0.0).targets[0] != home
 
 

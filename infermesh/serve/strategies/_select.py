@@ -10,11 +10,15 @@ import numpy as np
 from infermesh.serve.strategies.api import FleetView, Outcome, RequestView
 
 __all__ = [
+    "SMALL_CELLS",
     "CellCache",
     "KindEstimator",
     "Uniforms",
     "best_cell",
     "cell_columns",
+    "cell_lists",
+    "cell_load_now",
+    "k_smallest",
     "mean_service_s",
     "ranked_rows",
     "rows_age",
@@ -102,6 +106,35 @@ def cell_columns(view: FleetView, _: int = -1) -> tuple[np.ndarray, ...]:
         1.0 / np.maximum(c.speed, 1e-6),
         np.where(c.available > 0, 0.0, _INF),
     )
+
+
+#: Up to this many cells, per-decision cell scores are computed in pure Python: on a few
+#: elements one numpy call costs more than the whole loop.
+SMALL_CELLS = 32
+
+
+def cell_lists(view: FleetView, _: int = -1) -> tuple[list[Any], ...]:
+    """:func:`cell_columns` as Python lists plus the RTT matrix as lists (small fleets).
+
+    Use through a :class:`CellCache` (``cache.get(view, -1)``) when ``view.n_cells`` is at
+    most :data:`SMALL_CELLS`.
+    """
+    return (*(col.tolist() for col in cell_columns(view)), view.rtt_s.tolist())
+
+
+def k_smallest(values: list[float], k: int) -> list[int]:
+    """Indices of the ``k`` smallest finite ``values``, best first (ties: lower index)."""
+    if k == 1:
+        best = min(range(len(values)), key=values.__getitem__, default=-1)
+        return [best] if best >= 0 and values[best] < _INF else []
+    order = sorted(range(len(values)), key=values.__getitem__)[:k]
+    return [i for i in order if values[i] < _INF]
+
+
+def cell_load_now(view: FleetView, cell: int) -> float:
+    """``view.cells.load_now()`` of one cell, without building the whole array."""
+    c = view.cells
+    return float(c.load[cell]) + float(c.sent[cell]) / max(float(c.capacity[cell]), 1.0)
 
 
 def rows_age(age: float | np.ndarray, rows: slice) -> float | np.ndarray:

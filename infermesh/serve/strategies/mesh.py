@@ -36,9 +36,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from infermesh.serve.strategies._select import (
+    SMALL_CELLS,
     CellCache,
     KindEstimator,
     cell_columns,
+    cell_lists,
+    cell_load_now,
+    k_smallest,
     ranked_rows,
     smallest_list,
     unavailable_penalty,
@@ -83,6 +87,7 @@ class Mesh(Strategy):
         self.est = KindEstimator()
         self._cache = CellCache(self._cell_columns)
         self._cells = CellCache(self._cell_table)
+        self._cell_lists = CellCache(cell_lists)
         self.w_rtt = self.options["w_rtt"]
         self._inv_trust = 1.0 / self.options["trust_s"]
         self._top_k = int(self.options["top_k"])
@@ -133,12 +138,32 @@ class Mesh(Strategy):
         own = view.sent_since_update[rows] * inv_cs + q1_cs
         return (own * trust + inv_s * ((1.0 - trust) * cell_load)) + penalty
 
+    def best_cells(self, request: RequestView, view: FleetView, svc: float, k: int) -> list[int]:
+        """The ``k`` cells with the lowest :meth:`cell_scores`, best first."""
+        if view.n_cells > SMALL_CELLS:
+            return smallest_list(self.cell_scores(request, view, svc), k)
+        load, inv_cap, inv_speed, penalty, rtt = self._cell_lists.get(view, -1)
+        w = self.w_rtt
+        scores = [
+            (ld + s * ic) * (svc * isp) + w * r + p
+            for ld, s, ic, isp, r, p in zip(
+                load,
+                view.cells.sent.tolist(),
+                inv_cap,
+                inv_speed,
+                rtt[request.origin_cell],
+                penalty,
+                strict=True,
+            )
+        ]
+        return k_smallest(scores, k)
+
     def rank(
         self, request: RequestView, view: FleetView, k_cells: int = 1
     ) -> tuple[list[int], tuple[int, ...], float]:
         """Best cells, top rows of the best cell, and the expected service time."""
         svc = self.est.service_s(request)
-        cells = smallest_list(self.cell_scores(request, view, svc), k_cells)
+        cells = self.best_cells(request, view, svc, k_cells)
         if not cells:
             return [], (0,), svc
         rows = ranked_rows(view, cells[0], self.node_scores(view, cells[0], svc), self._top_k)
@@ -188,7 +213,7 @@ class MeshHedge(Mesh):
         if len(self.pending) >= _MAX_PENDING:  # requests dropped before finishing
             del self.pending[next(iter(self.pending))]
         self.pending[request.request_id] = (request.kind, expected)
-        if view.cells.load_now()[cells[0]] > self.options["hedge_max_load"]:
+        if cell_load_now(view, cells[0]) > self.options["hedge_max_load"]:
             return Decision(targets=rows)
         if len(cells) > 1:
             alt = ranked_rows(view, cells[1], self.node_scores(view, cells[1], svc), 1)
