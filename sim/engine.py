@@ -524,16 +524,18 @@ class _Engine:
         back = self.half_rtt[o][c] + self.resp_bytes[r] * self.inv_bw[o][c]
         lat = t + back - self.arr_t[r]
         k = self.kind[r]
+        start = self.j_tstart[j]
+        # positional: request_id, kind, target, latency_s, queue_s, service_s, met_slo, now
         host.observe(
             Outcome(
-                request_id=r,
-                kind=self.kind_names[k],
-                target=n,
-                latency_s=lat,
-                queue_s=self.j_tstart[j] - self.j_tnode[j],
-                service_s=t - self.j_tstart[j],
-                met_slo=lat <= self.slo[k],
-                now=t,
+                r,
+                self.kind_names[k],
+                n,
+                lat,
+                start - self.j_tnode[j],
+                t - start,
+                lat <= self.slo[k],
+                t,
             )
         )
 

@@ -115,7 +115,7 @@ class Mesh(Strategy):
             (view.queue_depth[rows] + 1.0) * inv_cs,
             inv_cs,
             1.0 / speed,
-            penalty,
+            penalty if penalty.any() else None,  # usually none: skip the addition
             float(view.cells.load[cell]),
             1.0 / max(float(view.cells.capacity[cell]), 1.0),
         )
@@ -136,7 +136,8 @@ class Mesh(Strategy):
             trust = np.exp(-age[rows] * self._inv_trust)
         cell_load = load + float(view.cells.sent[cell]) * inv_cap
         own = view.sent_since_update[rows] * inv_cs + q1_cs
-        return (own * trust + inv_s * ((1.0 - trust) * cell_load)) + penalty
+        scores = own * trust + inv_s * ((1.0 - trust) * cell_load)
+        return scores if penalty is None else scores + penalty
 
     def best_cells(self, request: RequestView, view: FleetView, svc: float, k: int) -> list[int]:
         """The ``k`` cells with the lowest :meth:`cell_scores`, best first."""

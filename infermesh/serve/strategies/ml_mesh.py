@@ -87,7 +87,7 @@ class MlEnhancedMesh(PredictiveMesh):
             w = np.zeros(_N_FEATURES)
             w[1] = 1.0  # start as predictive_mesh: latency = predicted wait + service
             self.weights[request.kind] = w
-        order = np.argsort(x @ w, kind="stable").tolist()
+        order = (x @ w).argsort(kind="stable").tolist()
         if len(order) > 1 and self._u.next() < self.options["explore"]:
             order[0], order[1] = order[1], order[0]
         rows = short.tolist()

@@ -98,7 +98,7 @@ class PredictiveMesh(Strategy):
             best = k_smallest(pred, 1)
         return (best[0] if best else -1), pred
 
-    def _cell_columns(self, view: FleetView, cell: int) -> tuple[np.ndarray, ...]:
+    def _cell_columns(self, view: FleetView, cell: int) -> tuple[Any, ...]:
         """Per-epoch columns of ``cell`` derived from the published queue depth, each
         divided by capacity: backlog beyond the batch, drain rate per second of age,
         batch + 1; then 1/capacity, 1/speed and the unavailable penalty."""
@@ -107,13 +107,14 @@ class PredictiveMesh(Strategy):
         speed = view.speed[rows]
         q = view.queue_depth[rows]
         inv_cap = 1.0 / cap
+        penalty = unavailable_penalty(view, rows)
         return (
             np.maximum(q - cap, 0.0) * inv_cap,
             speed,
             (np.minimum(q, cap) + 1.0) * inv_cap,
             inv_cap,
             1.0 / speed,
-            unavailable_penalty(view, rows),
+            penalty if penalty.any() else None,  # usually none: skip the addition
         )
 
     def predict_rows(self, view: FleetView, cell: int, svc: float) -> np.ndarray:
@@ -131,7 +132,8 @@ class PredictiveMesh(Strategy):
         # all in units of capacity: (backlog - drained) clipped at 0, + batch + 1 + sends
         x = np.maximum(over - speed * drained, 0.0) + base + view.sent_since_update[rows] * inv_cap
         factor1 = x + self._bs1 * np.minimum(x, 1.0) + 1.0
-        return factor1 * (svc * inv_speed) + penalty
+        pred = factor1 * (svc * inv_speed)
+        return pred if penalty is None else pred + penalty
 
     def choose(self, request: RequestView, view: FleetView) -> tuple[int, np.ndarray, float]:
         """Best cell, per-row predictions in it, and the expected service time."""
