@@ -218,6 +218,8 @@ class _Engine:
         self.r_excluded: dict[int, tuple[int, ...]] = {}
         self.retry_pending: set[int] = set()
         self.r_cache_hit = [False] * r
+        #: when the client sees a first token: the earliest over the request's copies
+        self.r_ttft = [math.inf] * r
         # per-job columns; job id == request id for the first copy, hedges appended
         self.j_req = list(range(r))
         self.j_node = [-1] * r
@@ -320,7 +322,11 @@ class _Engine:
         kv = self.j_kv[j]
         if kv:
             self._set_kv(n, kv, t)
-        self.j_ttft[j] = t + self.j_ttft[j] / r
+        ft = self.j_ttft[j] = t + self.j_ttft[j] / r
+        req = self.j_req[j]
+        ft += self.half_rtt[self.origin[req]][self.cell_of[n]]
+        if ft < self.r_ttft[req]:
+            self.r_ttft[req] = ft
 
     def _admit_queued(self, n: int, t: float) -> None:
         q = self.queues[n]
@@ -710,6 +716,7 @@ class _Engine:
         hedging = cfg.service.hedging
         max_queue = cfg.service.max_queue_per_node
         work_and_kv = self._work_and_kv
+        r_ttft = self.r_ttft
         r_winner, r_partner, j_req, j_tdone = (
             self.r_winner,
             self.r_partner,
@@ -909,7 +916,10 @@ class _Engine:
                             kv_acc[n] += kv_used[n] * (t - kv_since[n])
                             kv_since[n] = t
                             kv_used[n] += kv
-                        j_ttft[j] = t + prefill / rt
+                        ft = j_ttft[j] = t + prefill / rt
+                        ft += half_rtt[origin[r]][cell_of[n]]
+                        if ft < r_ttft[r]:
+                            r_ttft[r] = ft
                         # ---- re-time the node's next finish (inlined _reschedule)
                         while j_state[hp[0][1]] != _RUNNING:
                             pop(hp)
@@ -1030,7 +1040,8 @@ class _Engine:
         lat[done] = tdone + back - wl.t[done]
         wait[done] = tstart - np.array(self.j_tnode)[w]
         svc[done] = tdone - tstart
-        ttft[done] = np.array(self.j_ttft)[w] + half_rtt - wl.t[done]
+        # first token of whichever copy produced one first (a hedge's or the original's)
+        ttft[done] = np.array(self.r_ttft)[done] - wl.t[done]
         return lat, wait, svc, ttft, node
 
     def _result(self, t_end: float, events: int) -> RunResult:

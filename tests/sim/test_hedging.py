@@ -52,6 +52,11 @@ def test_mesh_hedge_cuts_the_tail_when_some_nodes_run_slow() -> None:
     assert hedged["hedge_wins"] > 0.5 * hedged["hedges_sent"]
     done = res.status == Status.COMPLETED
     assert done.sum() == (res.status != Status.IN_FLIGHT).sum()
+    # a request whose copy won still got its first token from the original when that one
+    # had started: before the winning copy even started
+    won = res.hedge_won
+    assert (res.ttft[won] < res.latency[won] - res.service[won]).any()
+    assert (res.ttft[won] <= res.latency[won]).all()
 
 
 def test_mesh_hedge_changes_nothing_but_waste_on_a_healthy_fleet() -> None:
