@@ -24,7 +24,6 @@ import heapq
 import itertools
 import logging
 import math
-import typing
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -423,39 +422,6 @@ class _Engine:
         return work, kv, prefill
 
     # ------------------------------------------------------------------ handlers
-    def _on_arrive_node(self, j: int, t: float) -> None:
-        if self.j_state[j] == _CANCELLED:
-            return
-        n = self.j_node[j]
-        self.j_tnode[j] = t
-        if not self.available[n]:
-            self._refuse(j, t)
-            return
-        work, kv, prefill = self._work_and_kv(j, n)
-        if kv > self.kv_cap[n]:
-            self.counters["too_large"] += 1
-            self._refuse(j, t)
-            return
-        self.j_work[j] = work
-        self.j_kv[j] = kv
-        self.j_ttft[j] = prefill
-        if (
-            self.qlen[n] == 0
-            and self.nb[n] < self.max_batch[n]
-            and self.kv_used[n] + kv <= self.kv_cap[n]
-        ):
-            self._start(n, j, t)
-            self._reschedule(n, t)
-        elif self.qlen[n] < self.cfg.service.max_queue_per_node:
-            q = self.queues[n]
-            if q is None:
-                q = self.queues[n] = deque()
-            q.append(j)
-            self.qlen[n] += 1
-            self.j_state[j] = _QUEUED
-        else:
-            self._refuse(j, t)
-
     def _refuse(self, j: int, t: float) -> None:
         r = self.j_req[j]
         self.counters["refusals"] += 1
@@ -474,44 +440,6 @@ class _Engine:
             and self.r_status[r] == Status.IN_FLIGHT
         ):
             self.r_status[r] = Status.DROPPED
-
-    def _on_complete(self, n: int, version: int, t: float) -> None:
-        if version != self.ver[n]:
-            return
-        self._advance(n, t)
-        h = typing.cast(list[tuple[float, int]], self.heaps[n])  # a running job exists
-        js = self.j_state
-        while js[h[0][1]] != _RUNNING:
-            heapq.heappop(h)
-        _, j = heapq.heappop(h)
-        self.nxt[n] = math.inf
-        self._set_batch(n, self.nb[n] - 1, t)
-        kv = self.j_kv[j]
-        if kv:
-            self._set_kv(n, -kv, t)
-        js[j] = _DONE
-        self.live_jobs -= 1
-        self._finish(j, n, t)
-        self._admit_queued(n, t)
-        self._reschedule(n, t)
-
-    def _finish(self, j: int, n: int, t: float) -> None:
-        """Copy ``j`` finished at its node: the request completes (latency etc. at the end).
-
-        The event loop inlines this; it is kept for readers and for tests of the model.
-        """
-        r = self.j_req[j]
-        self.r_live[r] -= 1
-        if self.r_status[r] != Status.IN_FLIGHT:
-            return
-        self.r_status[r] = Status.COMPLETED
-        self.r_winner[r] = j
-        self.j_tdone[j] = t
-        if j != r or self.r_partner[r] >= 0:
-            self._settle_hedge(j, r, t)
-        host = self.host if self.arm is None else self.hosts[self.arm[r]]
-        if host.wants_feedback:
-            self._feedback(host, j, n, t)
 
     def _settle_hedge(self, j: int, r: int, t: float) -> None:
         """Copy ``j`` of hedged request ``r`` won: count it and cancel the other copy."""
@@ -809,7 +737,7 @@ class _Engine:
                     if b != ver[n]:
                         events += 1
                         continue
-                    # ---- the node's next finish (inlined _on_complete)
+                    # ---- the node's next finish (stale versions were skipped above)
                     v = V[n] + rate[n] * (t - Vt[n])
                     V[n] = v
                     Vt[n] = t
@@ -833,7 +761,7 @@ class _Engine:
                         kv_used[n] -= kv
                     j_state[j] = _DONE
                     self.live_jobs -= 1
-                    # ---- the request completes (inlined _finish)
+                    # ---- the request completes (a hedge race is settled by _settle_hedge)
                     r = j_req[j]
                     r_live[r] -= 1
                     if r_status[r] == Status.IN_FLIGHT:
@@ -860,7 +788,7 @@ class _Engine:
                     if j_state[j] == _CANCELLED:
                         events += 1
                         continue
-                    # ---- a copy reaches its node (inlined _on_arrive_node and _start)
+                    # ---- a copy reaches its node (inlined _start if a slot and KV memory are free)
                     n = j_node[j]
                     j_tnode[j] = t
                     if not available[n]:
