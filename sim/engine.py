@@ -19,11 +19,11 @@ finish at its node wins, the other is cancelled and the work it did is counted a
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
 import math
-import typing
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from infermesh.serve.strategies.ab import arm_of, parse_ab
 from infermesh.serve.strategies.api import Outcome, RequestView
 from infermesh.serve.strategies.host import HostCounters, StrategyHost
 from infermesh.serve.strategies.registry import default_registry
@@ -51,7 +52,7 @@ ProgressFn = Callable[[float, int, int], None]
 # event types
 _ARRIVE_NODE, _COMPLETE, _HEDGE, _RETRY = 0, 1, 2, 3
 _SAMPLE_Q, _PUB_Q, _SAMPLE_V, _PUB_V, _SAMPLE_U, _PUB_U = 4, 5, 6, 7, 8, 9
-_TICK, _AUTOSCALE, _READY = 10, 11, 12
+_TICK, _AUTOSCALE, _READY, _SLOW, _RESTORE = 10, 11, 12, 13, 14
 
 # job states
 _NET, _QUEUED, _RUNNING, _DONE, _CANCELLED, _REFUSED = 0, 1, 2, 3, 4, 5
@@ -91,6 +92,10 @@ class RunResult:
     events: int
     workload: Workload
     fleet: FleetArrays
+    #: A/B runs only: the arm (0 = a, 1 = b) of each request, arm labels, each arm's host
+    arm: np.ndarray | None = None
+    arm_names: tuple[str, ...] = ()
+    arm_hosts: tuple[HostCounters, ...] = ()
 
 
 def simulate(
@@ -129,12 +134,23 @@ class _Engine:
         self.progress_every = progress_every
         n = fleet.n_nodes
         seed = int(np.random.default_rng([cfg.seed, 3]).integers(2**31))
-        strat = default_registry.create(strategy, cfg.router.options.get(strategy), seed=seed)
-        self.host = StrategyHost(
-            strat,
-            budget_s=cfg.router.latency_budget_ms / 1000.0,
-            enforce_budget=cfg.router.enforce_budget,
-        )
+        ab = parse_ab(strategy)
+        names = [strategy] if ab is None else [ab.a, ab.b]
+        #: one host per arm (one without an A/B split); arm[r] picks the host of request r
+        self.hosts = [
+            StrategyHost(
+                default_registry.create(s, cfg.router.options.get(s), seed=seed + k),
+                budget_s=cfg.router.latency_budget_ms / 1000.0,
+                enforce_budget=cfg.router.enforce_budget,
+            )
+            for k, s in enumerate(names)
+        ]
+        self.host = self.hosts[0]
+        self.arm_names: tuple[str, ...] = () if ab is None else ab.arm_names()
+        self.arm: list[int] | None = None
+        if ab is not None:
+            key = wl.tenant if cfg.router.ab_key == "tenant" else np.arange(wl.n)
+            self.arm = [arm_of(k, ab.split, cfg.seed) for k in key.tolist()]
         self.available = np.ones(n, dtype=bool)
         self.signals = SignalPlane(fleet, net, self.available)
         self.autoscaler = Autoscaler(cfg.autoscaler, fleet, self.available)
@@ -165,6 +181,10 @@ class _Engine:
         self.cell_of = fleet.cell_of.tolist()
         self.rtt = net.rtt_s.tolist()
         self.bw = net.bandwidth_Bps.tolist()
+        self.half_rtt = (0.5 * net.rtt_s).tolist()
+        self.inv_bw = (1.0 / net.bandwidth_Bps).tolist()
+        #: speed multiplier of each node (below 1 while a fault slows it down)
+        self.mult = [1.0] * n
         # per-request columns
         r = wl.n
         self.arr_t = wl.t.tolist()
@@ -197,6 +217,8 @@ class _Engine:
         self.r_excluded: dict[int, tuple[int, ...]] = {}
         self.retry_pending: set[int] = set()
         self.r_cache_hit = [False] * r
+        #: when the client sees a first token: the earliest over the request's copies
+        self.r_ttft = [math.inf] * r
         # per-job columns; job id == request id for the first copy, hedges appended
         self.j_req = list(range(r))
         self.j_node = [-1] * r
@@ -218,6 +240,8 @@ class _Engine:
             "refusals": 0,
             "too_large": 0,
             "cancelled": 0,
+            "hedges_in_service": 0,
+            "hedges_over_budget": 0,
         }
         self.live_jobs = 0
         self.ts: dict[str, list[float]] = {
@@ -254,7 +278,7 @@ class _Engine:
         elif b > 0 and self.nb[n] == 0:
             self.busy_since[n] = t
         self.nb[n] = b
-        self.rate[n] = 1.0 / (1.0 + self.slow[n] * (b - 1)) if b > 0 else 1.0
+        self.rate[n] = self.mult[n] / (1.0 + self.slow[n] * (b - 1)) if b > 0 else self.mult[n]
 
     def _set_kv(self, n: int, delta: float, t: float) -> None:
         self.kv_acc[n] += self.kv_used[n] * (t - self.kv_since[n])
@@ -286,7 +310,7 @@ class _Engine:
         if b == 1:
             self.busy_since[n] = t
         self.nb[n] = b
-        r = rate[n] = 1.0 / (1.0 + self.slow[n] * (b - 1))
+        r = rate[n] = self.mult[n] / (1.0 + self.slow[n] * (b - 1))
         h = self.heaps[n]
         if h is None:
             h = self.heaps[n] = []
@@ -297,7 +321,11 @@ class _Engine:
         kv = self.j_kv[j]
         if kv:
             self._set_kv(n, kv, t)
-        self.j_ttft[j] = t + self.j_ttft[j] / r
+        ft = self.j_ttft[j] = t + self.j_ttft[j] / r
+        req = self.j_req[j]
+        ft += self.half_rtt[self.origin[req]][self.cell_of[n]]
+        if ft < self.r_ttft[req]:
+            self.r_ttft[req] = ft
 
     def _admit_queued(self, n: int, t: float) -> None:
         q = self.queues[n]
@@ -321,7 +349,7 @@ class _Engine:
         r = self.j_req[j]
         c = self.cell_of[n]
         o = self.origin[r]
-        fwd = 0.5 * self.rtt[o][c] + self.req_bytes[r] / self.bw[o][c]
+        fwd = self.half_rtt[o][c] + self.req_bytes[r] * self.inv_bw[o][c]
         self.j_node[j] = n
         self.j_state[j] = _NET
         self.r_live[r] += 1
@@ -347,7 +375,8 @@ class _Engine:
         if self.cfg.signals.perfect:
             self._refresh_perfect(t)
         self.signals.set_ages(t)
-        d = self.host.decide(rv, self.signals.view, t)
+        host = self.host if self.arm is None else self.hosts[self.arm[r]]
+        d = host.decide(rv, self.signals.view, t)
         self.routed += 1
         if not d.admit:
             if self.r_live[r] == 0:
@@ -393,39 +422,6 @@ class _Engine:
         return work, kv, prefill
 
     # ------------------------------------------------------------------ handlers
-    def _on_arrive_node(self, j: int, t: float) -> None:
-        if self.j_state[j] == _CANCELLED:
-            return
-        n = self.j_node[j]
-        self.j_tnode[j] = t
-        if not self.available[n]:
-            self._refuse(j, t)
-            return
-        work, kv, prefill = self._work_and_kv(j, n)
-        if kv > self.kv_cap[n]:
-            self.counters["too_large"] += 1
-            self._refuse(j, t)
-            return
-        self.j_work[j] = work
-        self.j_kv[j] = kv
-        self.j_ttft[j] = prefill
-        if (
-            self.qlen[n] == 0
-            and self.nb[n] < self.max_batch[n]
-            and self.kv_used[n] + kv <= self.kv_cap[n]
-        ):
-            self._start(n, j, t)
-            self._reschedule(n, t)
-        elif self.qlen[n] < self.cfg.service.max_queue_per_node:
-            q = self.queues[n]
-            if q is None:
-                q = self.queues[n] = deque()
-            q.append(j)
-            self.qlen[n] += 1
-            self.j_state[j] = _QUEUED
-        else:
-            self._refuse(j, t)
-
     def _refuse(self, j: int, t: float) -> None:
         r = self.j_req[j]
         self.counters["refusals"] += 1
@@ -445,59 +441,37 @@ class _Engine:
         ):
             self.r_status[r] = Status.DROPPED
 
-    def _on_complete(self, n: int, version: int, t: float) -> None:
-        if version != self.ver[n]:
-            return
-        self._advance(n, t)
-        h = typing.cast(list[tuple[float, int]], self.heaps[n])  # a running job exists
-        js = self.j_state
-        while js[h[0][1]] != _RUNNING:
-            heapq.heappop(h)
-        _, j = heapq.heappop(h)
-        self.nxt[n] = math.inf
-        self._set_batch(n, self.nb[n] - 1, t)
-        kv = self.j_kv[j]
-        if kv:
-            self._set_kv(n, -kv, t)
-        js[j] = _DONE
-        self.live_jobs -= 1
-        self._finish(j, n, t)
-        self._admit_queued(n, t)
-        self._reschedule(n, t)
-
-    def _finish(self, j: int, n: int, t: float) -> None:
-        """Copy ``j`` finished at its node: the request completes (latency etc. at the end)."""
-        r = self.j_req[j]
-        self.r_live[r] -= 1
-        if self.r_status[r] != Status.IN_FLIGHT:
-            return
-        self.r_status[r] = Status.COMPLETED
-        self.r_winner[r] = j
-        self.j_tdone[j] = t
+    def _settle_hedge(self, j: int, r: int, t: float) -> None:
+        """Copy ``j`` of hedged request ``r`` won: count it and cancel the other copy."""
         if j != r:
             self.r_hedge_won[r] = True
             self.counters["hedge_wins"] += 1
             self._cancel(r, t)
-        elif self.r_partner[r] >= 0:
+        else:
             self._cancel(self.r_partner[r], t)
-        if self.host.wants_feedback:
-            c = self.cell_of[n]
-            o = self.origin[r]
-            back = 0.5 * self.rtt[o][c] + self.resp_bytes[r] / self.bw[o][c]
-            lat = t + back - self.arr_t[r]
-            k = self.kind[r]
-            self.host.observe(
-                Outcome(
-                    request_id=r,
-                    kind=self.kind_names[k],
-                    target=n,
-                    latency_s=lat,
-                    queue_s=self.j_tstart[j] - self.j_tnode[j],
-                    service_s=t - self.j_tstart[j],
-                    met_slo=lat <= self.slo[k],
-                    now=t,
-                )
+
+    def _feedback(self, host: StrategyHost, j: int, n: int, t: float) -> None:
+        """Tell the strategy how the request of copy ``j`` went (it finished at ``t``)."""
+        r = self.j_req[j]
+        c = self.cell_of[n]
+        o = self.origin[r]
+        back = self.half_rtt[o][c] + self.resp_bytes[r] * self.inv_bw[o][c]
+        lat = t + back - self.arr_t[r]
+        k = self.kind[r]
+        start = self.j_tstart[j]
+        # positional: request_id, kind, target, latency_s, queue_s, service_s, met_slo, now
+        host.observe(
+            Outcome(
+                r,
+                self.kind_names[k],
+                n,
+                lat,
+                start - self.j_tnode[j],
+                t - start,
+                lat <= self.slo[k],
+                t,
             )
+        )
 
     def _cancel(self, j: int, t: float) -> None:
         st = self.j_state[j]
@@ -527,6 +501,9 @@ class _Engine:
             return
         if self.j_node[r] == target or not self.available[target]:
             return
+        if self.counters["hedges_sent"] >= self.cfg.service.hedge_budget * self._arrivals_done:
+            self.counters["hedges_over_budget"] += 1
+            return
         k = len(self.j_req)
         self.j_req.append(r)
         self.j_node.append(target)
@@ -544,6 +521,8 @@ class _Engine:
         self.r_partner[r] = k
         self.r_hedged[r] = True
         self.counters["hedges_sent"] += 1
+        if self.j_state[r] == _RUNNING:
+            self.counters["hedges_in_service"] += 1
         self._dispatch(k, target, t)
 
     def _refresh_perfect(self, t: float) -> None:
@@ -580,6 +559,12 @@ class _Engine:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> RunResult:
+        """Process arrivals and events in time order until the work is done.
+
+        The common path (route an arrival, a copy reaching its node, a finish) is inlined
+        here with every column bound to a local name: it runs a few times per request and
+        attribute and call overhead dominate it. Rare events go to the handlers above.
+        """
         cfg = self.cfg
         sig = cfg.signals
         arr_t = self.arr_t
@@ -587,6 +572,8 @@ class _Engine:
         hard_end = cfg.duration_s + cfg.drain_s
         ev = self.events
         pop = heapq.heappop
+        push = heapq.heappush
+        seq = self.seq
         self._arrivals_done = 0
         periodic = [(0.0, _TICK)]
         if not sig.perfect:
@@ -595,6 +582,87 @@ class _Engine:
             periodic.append((cfg.autoscaler.tick_s, _AUTOSCALE))
         for t0, e in periodic:
             self.push(t0, e)
+        for t0, e, node in self._fault_events():
+            self.push(t0, e, node)
+        # request and job columns
+        kind, kind_names, tenant, prompt, out_est = (
+            self.kind,
+            self.kind_names,
+            self.tenant,
+            self.prompt,
+            self.out_est,
+        )
+        pgroup, origin, slo, excluded = self.pgroup, self.origin, self.slo, self.r_excluded
+        r_attempt, r_status, r_live = self.r_attempt, self.r_status, self.r_live
+        j_node, j_state, j_work, j_kv = (
+            self.j_node,
+            self.j_state,
+            self.j_work,
+            self.j_kv,
+        )
+        j_vstart, j_tstart, j_ttft, j_tnode = (
+            self.j_vstart,
+            self.j_tstart,
+            self.j_ttft,
+            self.j_tnode,
+        )
+        req_bytes = self.req_bytes
+        # node columns
+        nb, qlen, kv_used, kv_cap, max_batch = (
+            self.nb,
+            self.qlen,
+            self.kv_used,
+            self.kv_cap,
+            self.max_batch,
+        )
+        V, Vt, rate, slow, mult, nxt, ver = (
+            self.V,
+            self.Vt,
+            self.rate,
+            self.slow,
+            self.mult,
+            self.nxt,
+            self.ver,
+        )
+        busy_since, busy_acc, kv_acc, kv_since = (
+            self.busy_since,
+            self.busy_acc,
+            self.kv_acc,
+            self.kv_since,
+        )
+        heaps, queues, cell_of, available = self.heaps, self.queues, self.cell_of, self.available
+        last_idle = self.autoscaler.last_idle
+        half_rtt, inv_bw = self.half_rtt, self.inv_bw
+        signals = self.signals
+        view = signals.view
+        sent_cum = signals.sent_cum
+        cell_sent = view.cells.sent
+        hosts = self.hosts
+        arm = self.arm
+        host0 = hosts[0]
+        perfect = sig.perfect
+        hedging = cfg.service.hedging
+        max_queue = cfg.service.max_queue_per_node
+        work_and_kv = self._work_and_kv
+        r_ttft = self.r_ttft
+        r_winner, r_partner, j_req, j_tdone = (
+            self.r_winner,
+            self.r_partner,
+            self.j_req,
+            self.j_tdone,
+        )
+        caches, cache_cap, ptok, r_cache_hit = (
+            self.caches,
+            self.cache_cap,
+            self.ptok,
+            self.r_cache_hit,
+        )
+        output, prefill_tps, decode_tps = self.output, self.prefill_tps, self.decode_tps
+        kv_gb_per_token = [mb / 1024.0 for mb in self.kv_mb]
+        # the kind index whose work the loop computes itself (-1: leave it to _work_and_kv)
+        llm_batch = (
+            self.kind_names.index("llm") if self.batching and "llm" in self.kind_names else -1
+        )
         i = 0
         events = 0
         t = 0.0
@@ -602,37 +670,218 @@ class _Engine:
         progress = self.progress
         inf = math.inf
         while True:
-            ta = arr_t[i] if i < n_req else inf
-            te = ev[0][0] if ev else inf
-            if ta <= te:
-                if ta == inf:
-                    break
-                t = ta
-                self._arrivals_done = i + 1
-                self._route(i, t)
+            if i < n_req and (not ev or arr_t[i] <= ev[0][0]):
+                # ---- a request arrives at the router
+                t = arr_t[i]
+                r = i
                 i += 1
+                self._arrivals_done = i
+                k = kind[r]
+                attempt = r_attempt[r]
+                rv = RequestView(
+                    r,
+                    kind_names[k],
+                    tenant[r],
+                    prompt[r],
+                    out_est[k],
+                    pgroup[r],
+                    origin[r],
+                    slo[k],
+                    attempt,
+                    excluded.get(r, ()) if attempt else (),
+                )
+                if perfect:
+                    self._refresh_perfect(t)
+                view.queue_age_s = t - signals.q_time
+                view.vram_age_s = t - signals.v_time
+                view.util_age_s = t - signals.u_time
+                host = host0 if arm is None else hosts[arm[r]]
+                d = host.decide(rv, view, t)
+                self.routed += 1
+                if not d.admit:
+                    if r_live[r] == 0:
+                        r_status[r] = Status.REJECTED if attempt == 0 else Status.DROPPED
+                else:
+                    target = d.targets[0]
+                    # ---- dispatch (inlined _dispatch)
+                    c = cell_of[target]
+                    o = origin[r]
+                    j_node[r] = target
+                    j_state[r] = _NET
+                    r_live[r] += 1
+                    self.live_jobs += 1
+                    sent_cum[target] += 1.0
+                    view.sent_since_update[target] += 1.0
+                    cell_sent[c] += 1.0
+                    push(
+                        ev,
+                        (
+                            t + half_rtt[o][c] + req_bytes[r] * inv_bw[o][c],
+                            next(seq),
+                            _ARRIVE_NODE,
+                            r,
+                            None,
+                        ),
+                    )
+                    h = d.hedge
+                    if h is not None and hedging and h.target != target:
+                        self.push(t + h.delay_s, _HEDGE, r, (h.target, h.only_if_queued))
+            elif not ev:
+                break
             else:
                 t, _, et, a, b = pop(ev)
                 if t > hard_end:
                     break
                 if et == _COMPLETE:
-                    self._on_complete(a, b, t)
+                    n = a
+                    if b != ver[n]:
+                        events += 1
+                        continue
+                    # ---- the node's next finish (stale versions were skipped above)
+                    v = V[n] + rate[n] * (t - Vt[n])
+                    V[n] = v
+                    Vt[n] = t
+                    hp = heaps[n]
+                    while j_state[hp[0][1]] != _RUNNING:  # type: ignore[index]
+                        pop(hp)  # type: ignore[arg-type]
+                    _, j = pop(hp)  # type: ignore[arg-type]
+                    nxt[n] = inf
+                    bn = nb[n] - 1
+                    nb[n] = bn
+                    if bn == 0:
+                        busy_acc[n] += t - busy_since[n]
+                        last_idle[n] = t
+                        rate[n] = mult[n]
+                    else:
+                        rate[n] = mult[n] / (1.0 + slow[n] * (bn - 1))
+                    kv = j_kv[j]
+                    if kv:
+                        kv_acc[n] += kv_used[n] * (t - kv_since[n])
+                        kv_since[n] = t
+                        kv_used[n] -= kv
+                    j_state[j] = _DONE
+                    self.live_jobs -= 1
+                    # ---- the request completes (a hedge race is settled by _settle_hedge)
+                    r = j_req[j]
+                    r_live[r] -= 1
+                    if r_status[r] == Status.IN_FLIGHT:
+                        r_status[r] = Status.COMPLETED
+                        r_winner[r] = j
+                        j_tdone[j] = t
+                        if j != r or r_partner[r] >= 0:
+                            self._settle_hedge(j, r, t)
+                        host = host0 if arm is None else hosts[arm[r]]
+                        if host.wants_feedback:
+                            self._feedback(host, j, n, t)
+                    if queues[n]:
+                        self._admit_queued(n, t)
+                    # ---- re-time the node's next finish (inlined _reschedule)
+                    while hp and j_state[hp[0][1]] != _RUNNING:
+                        pop(hp)
+                    if hp:
+                        td = t + max(0.0, hp[0][0] - V[n]) / rate[n]
+                        ver[n] += 1
+                        nxt[n] = td
+                        push(ev, (td, next(seq), _COMPLETE, n, ver[n]))
                 elif et == _ARRIVE_NODE:
-                    self._on_arrive_node(a, t)
+                    j = a
+                    if j_state[j] == _CANCELLED:
+                        events += 1
+                        continue
+                    # ---- a copy reaches its node (inlined _start if a slot and KV memory are free)
+                    n = j_node[j]
+                    j_tnode[j] = t
+                    if not available[n]:
+                        self._refuse(j, t)
+                        events += 1
+                        continue
+                    r = j_req[j]
+                    k = kind[r]
+                    if k == llm_batch:
+                        # ---- LLM work under batching (inlined _work_and_kv)
+                        pr = prompt[r]
+                        g = pgroup[r]
+                        if g >= 0 and cache_cap[n] > 0:
+                            cache = caches[n]
+                            if cache is None:
+                                cache = caches[n] = OrderedDict()
+                            if g in cache:
+                                cache.move_to_end(g)
+                                pr -= ptok[r]
+                                if j == r:
+                                    r_cache_hit[r] = True
+                            else:
+                                cache[g] = None
+                                if len(cache) > cache_cap[n]:
+                                    cache.popitem(last=False)
+                        prefill = pr / prefill_tps[n]
+                        work = prefill + output[r] / decode_tps[n]
+                        kv = (prompt[r] + output[r]) * kv_gb_per_token[k]
+                    else:
+                        work, kv, prefill = work_and_kv(j, n)
+                    if kv > kv_cap[n]:
+                        self.counters["too_large"] += 1
+                        self._refuse(j, t)
+                    elif qlen[n] == 0 and nb[n] < max_batch[n] and kv_used[n] + kv <= kv_cap[n]:
+                        j_work[j] = work
+                        j_kv[j] = kv
+                        v = V[n] + rate[n] * (t - Vt[n])
+                        V[n] = v
+                        Vt[n] = t
+                        bn = nb[n] + 1
+                        if bn == 1:
+                            busy_since[n] = t
+                        nb[n] = bn
+                        rt = rate[n] = mult[n] / (1.0 + slow[n] * (bn - 1))
+                        hp = heaps[n]
+                        if hp is None:
+                            hp = heaps[n] = []
+                        push(hp, (v + work, j))
+                        j_vstart[j] = v
+                        j_tstart[j] = t
+                        j_state[j] = _RUNNING
+                        if kv:
+                            kv_acc[n] += kv_used[n] * (t - kv_since[n])
+                            kv_since[n] = t
+                            kv_used[n] += kv
+                        ft = j_ttft[j] = t + prefill / rt
+                        ft += half_rtt[origin[r]][cell_of[n]]
+                        if ft < r_ttft[r]:
+                            r_ttft[r] = ft
+                        # ---- re-time the node's next finish (inlined _reschedule)
+                        while j_state[hp[0][1]] != _RUNNING:
+                            pop(hp)
+                        td = t + max(0.0, hp[0][0] - v) / rt
+                        if td != nxt[n]:
+                            ver[n] += 1
+                            nxt[n] = td
+                            push(ev, (td, next(seq), _COMPLETE, n, ver[n]))
+                    elif qlen[n] < max_queue:
+                        j_work[j] = work
+                        j_kv[j] = kv
+                        j_ttft[j] = prefill
+                        q = queues[n]
+                        if q is None:
+                            q = queues[n] = deque()
+                        q.append(j)
+                        qlen[n] += 1
+                        j_state[j] = _QUEUED
+                    else:
+                        self._refuse(j, t)
                 elif et >= _SAMPLE_Q:
-                    if i >= n_req and self.live_jobs == 0 and et != _READY:
+                    if i >= n_req and self.live_jobs == 0 and et < _READY:
                         continue  # nothing left to observe: let periodic events lapse
                     self._on_periodic(et, a, t)
                 elif et == _HEDGE:
                     self._on_hedge(a, b, t)
                 else:  # _RETRY
                     self.retry_pending.discard(a)
-                    if self.r_status[a] == Status.IN_FLIGHT and self.j_state[a] == _REFUSED:
+                    if r_status[a] == Status.IN_FLIGHT and j_state[a] == _REFUSED:
                         self._route(a, t)
             events += 1
             if progress is not None and events % every == 0:
                 progress(t, events, self.routed)
-        t_end = max(t if t != inf else 0.0, cfg.duration_s)
+        t_end = max(t, cfg.duration_s)
         t_end = min(t_end, hard_end)
         if progress is not None:
             progress(t_end, events, self.routed)
@@ -674,6 +923,30 @@ class _Engine:
         elif et == _READY:
             self.autoscaler.ready(a, t)
             s.refresh_cells()
+        elif et in (_SLOW, _RESTORE):
+            self._set_speed(a, self.cfg.faults.slow_speed if et == _SLOW else 1.0, t)
+
+    def _fault_events(self) -> list[tuple[float, int, int]]:
+        """(time, event, node) of the configured slow-downs and their ends."""
+        f = self.cfg.faults
+        n = self.fleet.n_nodes
+        count = round(f.slow_fraction * n)
+        if count == 0:
+            return []
+        rng = np.random.default_rng([self.cfg.seed, 5])
+        nodes = np.sort(rng.choice(n, size=count, replace=False)).tolist()
+        out = [(f.start_s, _SLOW, node) for node in nodes]
+        if f.duration_s > 0:
+            out += [(f.start_s + f.duration_s, _RESTORE, node) for node in nodes]
+        return out
+
+    def _set_speed(self, n: int, mult: float, t: float) -> None:
+        """Change node ``n``'s speed multiplier at ``t`` and re-time its next finish."""
+        self._advance(n, t)
+        self.mult[n] = mult
+        b = self.nb[n]
+        self.rate[n] = mult / (1.0 + self.slow[n] * (b - 1)) if b > 0 else mult
+        self._reschedule(n, t)
 
     def _request_times(self) -> tuple[np.ndarray, ...]:
         """Latency, queue wait, service, TTFT and node per request (NaN / -1 if not done)."""
@@ -695,7 +968,8 @@ class _Engine:
         lat[done] = tdone + back - wl.t[done]
         wait[done] = tstart - np.array(self.j_tnode)[w]
         svc[done] = tdone - tstart
-        ttft[done] = np.array(self.j_ttft)[w] + half_rtt - wl.t[done]
+        # first token of whichever copy produced one first (a hedge's or the original's)
+        ttft[done] = np.array(self.r_ttft)[done] - wl.t[done]
         return lat, wait, svc, ttft, node
 
     def _result(self, t_end: float, events: int) -> RunResult:
@@ -721,8 +995,21 @@ class _Engine:
             kv_gb_s=kv,
             timeseries=self.ts,
             counters=dict(self.counters),
-            host=self.host.counters,
+            host=self._host_totals(),
             events=events,
             workload=self.wl,
             fleet=self.fleet,
+            arm=None if self.arm is None else np.array(self.arm, dtype=np.int8),
+            arm_names=self.arm_names,
+            arm_hosts=tuple(h.counters for h in self.hosts) if self.arm is not None else (),
         )
+
+    def _host_totals(self) -> HostCounters:
+        """The host counters of the run (summed over the arms of an A/B run)."""
+        if len(self.hosts) == 1:
+            return self.host.counters
+        total = HostCounters()
+        for h in self.hosts:
+            for f in dataclasses.fields(HostCounters):
+                setattr(total, f.name, getattr(total, f.name) + getattr(h.counters, f.name))
+        return total

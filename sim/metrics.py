@@ -15,7 +15,16 @@ import numpy as np
 from sim.config import SimConfig
 from sim.engine import RunResult, Status
 
-__all__ = ["CDF_POINTS", "QUANTILES", "cdf_rows", "per_kind_rows", "summary", "timeseries_rows"]
+__all__ = [
+    "CDF_POINTS",
+    "QUANTILES",
+    "arm_kind_rows",
+    "arm_rows",
+    "cdf_rows",
+    "per_kind_rows",
+    "summary",
+    "timeseries_rows",
+]
 
 QUANTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0), ("p999", 99.9))
 CDF_POINTS = np.linspace(0.0, 100.0, 201)
@@ -113,7 +122,7 @@ def summary(cfg: SimConfig, res: RunResult) -> dict[str, Any]:
     tokens_all = float((wl.prompt[done_llm] + wl.output[done_llm]).sum())
     kv_cap = f.kv_capacity_gb * prov
     ts = res.timeseries
-    row: dict[str, Any] = {"strategy": res.strategy}
+    row: dict[str, Any] = {"strategy": res.strategy, "arm": "all"}
     row.update({k: v for k, v in allrow.items() if k != "kind"})
     row.update(
         {
@@ -137,6 +146,54 @@ def summary(cfg: SimConfig, res: RunResult) -> dict[str, Any]:
         }
     )
     return row
+
+
+def arm_rows(cfg: SimConfig, res: RunResult) -> list[dict[str, Any]]:
+    """A/B runs: one comparison row per arm (request metrics of the arm's requests).
+
+    Fleet columns (utilization, cost, events) belong to the shared fleet and stay empty;
+    ``hedges_sent`` counts the arm's hedged requests, ``retries`` its re-routes.
+    """
+    if res.arm is None:
+        return []
+    measured = res.workload.t >= cfg.warmup_s
+    keys = list(summary(cfg, res))
+    rows = []
+    for k, name in enumerate(res.arm_names):
+        mask = res.arm == k
+        stats = _request_stats(cfg, res, measured & mask, "all")
+        row: dict[str, Any] = dict.fromkeys(keys)
+        row.update({k2: v for k2, v in stats.items() if k2 in row})
+        host = res.arm_hosts[k]
+        row.update(
+            {
+                "strategy": res.strategy,
+                "arm": name,
+                "hedges_sent": int(res.hedged[mask].sum()),
+                "hedge_wins": int(res.hedge_won[mask].sum()),
+                "retries": int(res.attempts[mask].sum()),
+                "strategy_errors": host.errors + host.invalid,
+                "fallbacks": host.fallbacks,
+                "simulated_s": _r(res.t_end),
+            }
+        )
+        rows.append(row)
+    return rows
+
+
+def arm_kind_rows(cfg: SimConfig, res: RunResult) -> dict[str, list[dict[str, Any]]]:
+    """A/B runs: per arm, one row per request kind plus ``all`` (as :func:`per_kind_rows`)."""
+    if res.arm is None:
+        return {}
+    wl = res.workload
+    measured = wl.t >= cfg.warmup_s
+    out = {}
+    for k, name in enumerate(res.arm_names):
+        mask = measured & (res.arm == k)
+        rows = [_request_stats(cfg, res, mask, "all")]
+        rows += [_request_stats(cfg, res, mask & (wl.kind == i), n) for i, n in enumerate(wl.kinds)]
+        out[name] = rows
+    return out
 
 
 def timeseries_rows(res: RunResult) -> list[dict[str, Any]]:

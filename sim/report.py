@@ -21,6 +21,7 @@ __all__ = ["TABLE_COLUMNS", "build_report", "fmt_cell", "load_comparison"]
 
 TABLE_COLUMNS = (
     ("strategy", "strategy"),
+    ("arm", "arm"),
     ("latency_p50_s", "p50 s"),
     ("latency_p99_s", "p99 s"),
     ("ttft_p99_s", "TTFT p99 s"),

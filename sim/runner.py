@@ -28,7 +28,14 @@ from typing import Any
 from infermesh.serve.strategies.registry import DEFAULT_SET
 from sim.config import SimConfig, dump, to_dict
 from sim.engine import simulate
-from sim.metrics import cdf_rows, per_kind_rows, summary, timeseries_rows
+from sim.metrics import (
+    arm_kind_rows,
+    arm_rows,
+    cdf_rows,
+    per_kind_rows,
+    summary,
+    timeseries_rows,
+)
 from sim.workload import generate
 
 __all__ = ["FORMATS", "ProgressSink", "run_one", "run_scenario", "write_csv"]
@@ -59,8 +66,12 @@ def _write_json(path: Path, data: Any) -> None:
 
 def run_one(
     cfg: SimConfig, strategy: str, out_dir: Path, fmt: str, sink: ProgressSink | None = None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Simulate one strategy, write its files; returns (summary row, runtime info)."""
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Simulate one strategy (or A/B split), write its files.
+
+    Returns its comparison rows (the run's, then one per arm of an A/B split) and runtime
+    information.
+    """
     t0 = time.perf_counter()
     wl = generate(cfg)
 
@@ -71,6 +82,7 @@ def run_one(
     res = simulate(cfg, strategy, wl, progress=progress)
     wall = time.perf_counter() - t0
     row = summary(cfg, res)
+    rows = [row, *arm_rows(cfg, res)]
     kinds = per_kind_rows(cfg, res)
     d = out_dir / strategy
     d.mkdir(parents=True, exist_ok=True)
@@ -83,6 +95,7 @@ def run_one(
                 "strategy": strategy,
                 "summary": row,
                 "per_kind": kinds,
+                **({"arms": arm_kind_rows(cfg, res)} if res.arm is not None else {}),
                 "counters": {k: v for k, v in res.counters.items()},
                 "host": {
                     "decisions": res.host.decisions,
@@ -103,12 +116,12 @@ def run_one(
         "strategy_time_s": round(res.host.strategy_time_s, 3),
         "budget_overruns": res.host.overruns,
     }
-    return row, runtime
+    return rows, runtime
 
 
 def _worker(
     cfg_data: dict[str, Any], strategy: str, out_dir: str, fmt: str, q: Any
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from sim.config import parse
 
     cfg = parse(cfg_data)
@@ -149,7 +162,7 @@ def run_scenario(
             results = _run_in_pool(cfg, names, out, fmt, workers, bars)
     for s, (_, runtime) in results.items():
         log.info("%s: %s events/s", s, runtime["events_per_s"])
-    ordered = [results[s][0] for s in names]
+    ordered = [row for s in names for row in results[s][0]]
     if fmt in ("csv", "both"):
         write_csv(out / "comparison.csv", ordered)
     if fmt in ("json", "both"):
@@ -161,14 +174,17 @@ def run_scenario(
 
 def _run_in_pool(
     cfg: SimConfig, names: list[str], out: Path, fmt: str, workers: int, bars: _Bars
-) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+) -> dict[str, tuple[list[dict[str, Any]], dict[str, Any]]]:
     ctx = mp.get_context("spawn")
     manager = ctx.Manager() if bars.enabled else None
     q = manager.Queue() if manager is not None else None
     cfg_data = to_dict(cfg)
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futs = {s: pool.submit(_worker, cfg_data, s, str(out), fmt, q) for s in names}
+            futs = {
+                s: pool.submit(_worker, cfg_data, s, str(out), fmt, q)
+                for s in sorted(names, key=_cost_rank)
+            }
             while q is not None and not all(f.done() for f in futs.values()):
                 try:
                     bars.update(*q.get(timeout=0.2))
@@ -178,6 +194,15 @@ def _run_in_pool(
     finally:
         if manager is not None:
             manager.shutdown()
+
+
+def _cost_rank(name: str) -> int:
+    """Submission order: the most expensive strategies first, so workers finish together.
+
+    The built-in list runs from the cheapest strategy to the most expensive one; other
+    names (third-party strategies, A/B splits of two strategies) count as expensive.
+    """
+    return -DEFAULT_SET.index(name) if name in DEFAULT_SET else -len(DEFAULT_SET)
 
 
 class _Bars:

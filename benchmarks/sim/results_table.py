@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/sim/results_table.py results/comparison.csv [more.csv ...]
 
-Later files replace rows of earlier ones with the same strategy (to merge re-runs).
+Later files replace rows of earlier ones with the same strategy and arm (to merge re-runs);
+the arms of an A/B run are printed as ``strategy [arm]``.
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ COLUMNS = (
 
 
 def main(paths: list[str]) -> None:
-    rows: dict[str, dict[str, str]] = {}
+    rows: dict[tuple[str, str], dict[str, str]] = {}
     for p in paths:
         with open(p, newline="") as fh:
             for r in csv.DictReader(fh):
-                rows[r["strategy"]] = r
+                arm = r.get("arm") or "all"
+                if arm != "all":
+                    r = {**r, "strategy": f"{r['strategy']} [{arm}]"}
+                rows[(r["strategy"], arm)] = r
     print("| " + " | ".join(t for _, t, _ in COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     for r in rows.values():

@@ -76,7 +76,11 @@ def run(
     config: Annotated[Path, typer.Option("--config", "-c", help="scenario YAML")],
     strategy: Annotated[
         list[str] | None,
-        typer.Option("--strategy", "-s", help="strategy to run (repeat; default: config's or all)"),
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="strategy or A/B split ab:A:B[:SPLIT] (repeat; default: config's or all)",
+        ),
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="results directory")] = Path(
         "results"
@@ -86,8 +90,7 @@ def run(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bars")] = False,
 ) -> None:
     """Run strategies on a scenario in parallel processes and write the results."""
-    from infermesh.serve.strategies import known
-    from sim.config import load
+    from sim.config import load, strategy_problems
     from sim.report import TABLE_COLUMNS
     from sim.runner import FORMATS, run_scenario
 
@@ -99,12 +102,9 @@ def run(
             )
         if jobs < 0:
             raise UsageError(f"--jobs: value {jobs} is not allowed; allowed: an integer >= 0")
-        names = known()
-        for s in strategy or []:
-            if s not in names:
-                raise UsageError(
-                    f"--strategy: value {s!r} is not allowed; allowed: {', '.join(names)}"
-                )
+        problems = [p for s in strategy or [] for p in strategy_problems(s, "--strategy")]
+        if problems:
+            raise UsageError("\n".join(problems))
         cfg = load(config)
     except UsageError as exc:
         _fail(exc)

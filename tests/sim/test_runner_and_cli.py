@@ -1,4 +1,8 @@
-"""End to end: same seed gives byte-identical files; the CLI's errors and exit codes."""
+"""End to end: same seed gives byte-identical files; the CLI's errors and exit codes.
+
+The commands are invoked through their typer group (``infermesh sim`` is this group
+registered on the top-level app), so these tests need no other command group.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from infermesh.cli.main import app
+from infermesh.cli.sim import sim_app
 from sim.config import dump, to_dict
 from sim.runner import run_scenario
 from sim.testing import tiny_config
@@ -45,9 +49,9 @@ def test_a_different_seed_changes_the_results(tmp_path: Path) -> None:
 
 def test_generate_validate_and_report_from_the_command_line(tmp_path: Path) -> None:
     out = tmp_path / "small.yaml"
-    r = runner.invoke(app, ["sim", "generate", "--example-type", "small", "--output", str(out)])
+    r = runner.invoke(sim_app, ["generate", "--example-type", "small", "--output", str(out)])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["sim", "validate", "--config", str(out)])
+    r = runner.invoke(sim_app, ["validate", "--config", str(out)])
     assert r.exit_code == 0 and "valid" in r.output
 
 
@@ -56,9 +60,8 @@ def test_run_and_report_write_the_documented_files(tmp_path: Path) -> None:
     cfg_path.write_text(dump(tiny_config()))
     res = tmp_path / "res"
     r = runner.invoke(
-        app,
+        sim_app,
         [
-            "sim",
             "run",
             "-c",
             str(cfg_path),
@@ -82,7 +85,7 @@ def test_run_and_report_write_the_documented_files(tmp_path: Path) -> None:
     ):
         assert (res / name).exists(), name
     assert not (res / "comparison.json").exists()
-    r = runner.invoke(app, ["sim", "report", str(res), "--no-plots"])
+    r = runner.invoke(sim_app, ["report", str(res), "--no-plots"])
     assert r.exit_code == 0, r.output
     assert (res / "report" / "report.html").read_text().count("<tr>") == 2
 
@@ -93,7 +96,7 @@ def test_validate_prints_one_line_per_problem_and_exits_2(tmp_path: Path) -> Non
     data["fleet"]["mix"] = {"H100": "lots"}
     bad = tmp_path / "bad.yaml"
     bad.write_text(dump(data))
-    r = runner.invoke(app, ["sim", "validate", "--config", str(bad)])
+    r = runner.invoke(sim_app, ["validate", "--config", str(bad)])
     assert r.exit_code == 2
     lines = r.output.strip().splitlines()
     assert lines == [
@@ -115,6 +118,14 @@ def test_validate_prints_one_line_per_problem_and_exits_2(tmp_path: Path) -> Non
             "--strategy: value 'hybird' is not allowed; allowed: adaptive_mesh",
         ),
         (
+            ["run", "-c", "x.yaml", "-s", "ab:mesh:nope"],
+            "--strategy: value 'ab:mesh:nope' names unknown strategy 'nope'; allowed: ",
+        ),
+        (
+            ["run", "-c", "x.yaml", "-s", "ab:mesh:random:2"],
+            "--strategy: A/B spec 'ab:mesh:random:2': split 2 is out of range",
+        ),
+        (
             ["run", "-c", "x.yaml", "--format", "xml"],
             "--format: value 'xml' is not allowed; allowed: csv, json, both",
         ),
@@ -128,6 +139,6 @@ def test_bad_input_names_the_flag_and_exits_2(
     args: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    r = runner.invoke(app, ["sim", *args])
+    r = runner.invoke(sim_app, [*args])
     assert r.exit_code == 2
     assert r.output.startswith(f"error: {expected}")

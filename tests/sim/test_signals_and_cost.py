@@ -92,9 +92,8 @@ def test_hedges_race_and_the_loser_is_cancelled() -> None:
     cfg = _with(
         tiny_config(),
         fleet__mix={"H100": 0.5, "L40": 0.5},
-        router__options={
-            "mesh_hedge": {"hedge_factor": 0.2, "hedge_max_load": 10.0, "hedge_only_if_queued": 0}
-        },
+        faults__slow_fraction=0.2,
+        router__options={"mesh_hedge": {"hedge_factor": 0.5, "hedge_max_load": 10.0}},
     )
     res = simulate(cfg, "mesh_hedge")
     row = summary(cfg, res)

@@ -162,6 +162,7 @@ def test_prefix_affinity_sends_a_group_to_one_home_and_spills_when_busy() -> Non
     assert len(homes) == 1
     home = homes.pop()
     view.queue_depth[home] = 100.0
+    view.epoch += 1  # a host publishes new columns with a new epoch (FleetView's contract)
     assert s.decide(make_request(prefix_group=7), view, 0.0).targets[0] != home
 
 
@@ -203,3 +204,34 @@ def test_strategies_import_only_core_and_their_own_package() -> None:
                 continue
             if mod.startswith(("infermesh", "sim")):
                 assert mod.startswith(("infermesh.core", "infermesh.serve.strategies")), (path, mod)
+
+
+@pytest.mark.parametrize(
+    "name", ["mesh", "mesh_hedge", "predictive_mesh", "hybrid_mesh", "heuristic"]
+)
+def test_cell_scores_in_python_and_in_numpy_pick_the_same_targets(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infermesh.serve.strategies import heuristic, mesh, predictive
+
+    rng = np.random.default_rng(5)
+    view = make_view(cells=6, nodes_per_cell=8)
+    view.rtt_s = rng.uniform(0.001, 0.05, (6, 6))
+    view.queue_depth[:] = rng.integers(0, 40, view.n_nodes)
+    view.cells.load[:] = rng.uniform(0.1, 1.5, 6)
+    view.cells.sent[:] = rng.integers(0, 5, 6)
+    view.cells.available[2] = 0  # a cell with no available node is never chosen
+    view.available[16:24] = False
+
+    def decisions(small_cells: int) -> list[tuple[int, ...]]:
+        for module in (heuristic, mesh, predictive):
+            monkeypatch.setattr(module, "SMALL_CELLS", small_cells)
+        s = create(name, seed=1)
+        return [
+            s.decide(make_request(request_id=i, origin_cell=i % 6), view, 0.0).targets
+            for i in range(12)
+        ]
+
+    in_python, in_numpy = decisions(1000), decisions(0)
+    assert in_python == in_numpy
+    assert all(not 16 <= t < 24 for ts in in_python for t in ts)

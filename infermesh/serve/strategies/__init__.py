@@ -1,9 +1,11 @@
 """Routing strategies shared by the router and the simulator.
 
 Read :mod:`infermesh.serve.strategies.api` for the interface, ``registry`` for lookup by
-name and ``host`` for the latency budget and fallback.
+name, ``host`` for the latency budget and fallback, and ``ab`` for A/B splits between two
+strategies by a stable hash.
 """
 
+from infermesh.serve.strategies.ab import AbSpec, arm_of, parse_ab
 from infermesh.serve.strategies.api import (
     CellSummary,
     Decision,
@@ -19,6 +21,7 @@ from infermesh.serve.strategies.registry import DEFAULT_SET, create, default_reg
 
 __all__ = [
     "DEFAULT_SET",
+    "AbSpec",
     "CellSummary",
     "Decision",
     "FleetView",
@@ -28,7 +31,9 @@ __all__ = [
     "Strategy",
     "StrategyError",
     "UnknownStrategy",
+    "arm_of",
     "create",
     "default_registry",
     "known",
+    "parse_ab",
 ]

@@ -10,15 +10,20 @@ import numpy as np
 from infermesh.serve.strategies.api import FleetView, Outcome, RequestView
 
 __all__ = [
+    "SMALL_CELLS",
     "CellCache",
     "KindEstimator",
     "Uniforms",
     "best_cell",
     "cell_columns",
+    "cell_lists",
+    "cell_load_now",
+    "k_smallest",
     "mean_service_s",
     "ranked_rows",
     "rows_age",
     "smallest",
+    "smallest_list",
     "top_rows",
     "unavailable_penalty",
 ]
@@ -26,20 +31,27 @@ __all__ = [
 _INF = np.inf
 
 
-def smallest(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` smallest finite scores, best first (fewer if not enough)."""
+def smallest_list(scores: np.ndarray, k: int) -> list[int]:
+    """Indices of the ``k`` smallest finite scores, best first (fewer if not enough).
+
+    One partition and a Python sort of ``k`` items: a decision calls this on every
+    request, so it keeps numpy calls to two or three.
+    """
     n = scores.shape[0]
-    if k == 1 and n:
-        i = int(scores.argmin())
-        return np.array([i] if scores[i] < _INF else [], dtype=np.int64)
     if n == 0:
-        return scores.astype(np.int64)
-    k = min(k, n)
+        return []
+    if k == 1:
+        i = int(scores.argmin())
+        return [i] if scores[i] < _INF else []
     idx = scores.argpartition(k - 1)[:k] if k < n else np.arange(n)
-    top = scores[idx]
-    order = top.argsort(kind="stable")
-    idx, top = idx[order], top[order]
-    return idx[top < _INF]
+    vals = scores.take(idx).tolist()
+    pairs = sorted(zip(vals, idx.tolist(), strict=True))
+    return [i for v, i in pairs if v < _INF]
+
+
+def smallest(scores: np.ndarray, k: int) -> np.ndarray:
+    """:func:`smallest_list` as an integer array."""
+    return np.array(smallest_list(scores, k), dtype=np.int64)
 
 
 class CellCache:
@@ -96,6 +108,35 @@ def cell_columns(view: FleetView, _: int = -1) -> tuple[np.ndarray, ...]:
     )
 
 
+#: Up to this many cells, per-decision cell scores are computed in pure Python: on a few
+#: elements one numpy call costs more than the whole loop.
+SMALL_CELLS = 32
+
+
+def cell_lists(view: FleetView, _: int = -1) -> tuple[list[Any], ...]:
+    """:func:`cell_columns` as Python lists plus the RTT matrix as lists (small fleets).
+
+    Use through a :class:`CellCache` (``cache.get(view, -1)``) when ``view.n_cells`` is at
+    most :data:`SMALL_CELLS`.
+    """
+    return (*(col.tolist() for col in cell_columns(view)), view.rtt_s.tolist())
+
+
+def k_smallest(values: list[float], k: int) -> list[int]:
+    """Indices of the ``k`` smallest finite ``values``, best first (ties: lower index)."""
+    if k == 1:
+        best = min(range(len(values)), key=values.__getitem__, default=-1)
+        return [best] if best >= 0 and values[best] < _INF else []
+    order = sorted(range(len(values)), key=values.__getitem__)[:k]
+    return [i for i in order if values[i] < _INF]
+
+
+def cell_load_now(view: FleetView, cell: int) -> float:
+    """``view.cells.load_now()`` of one cell, without building the whole array."""
+    c = view.cells
+    return float(c.load[cell]) + float(c.sent[cell]) / max(float(c.capacity[cell]), 1.0)
+
+
 def rows_age(age: float | np.ndarray, rows: slice) -> float | np.ndarray:
     """Signal age for ``rows``: the scalar itself, or the matching slice of per-row ages."""
     return age if isinstance(age, float) else age[rows]
@@ -113,13 +154,13 @@ def top_rows(view: FleetView, cell: int, node_scores: np.ndarray, k: int) -> tup
     rows = view.cell_rows(cell)
     scores = np.where(view.available[rows], node_scores, _INF)
     start = rows.start
-    return tuple(i + start for i in smallest(scores, k).tolist())
+    return tuple([i + start for i in smallest_list(scores, k)])
 
 
 def ranked_rows(view: FleetView, cell: int, scores: np.ndarray, k: int) -> tuple[int, ...]:
     """Top-``k`` rows of ``cell`` for scores that already hold ``inf`` where unavailable."""
-    start = view.cell_rows(cell).start
-    return tuple(i + start for i in smallest(scores, k).tolist())
+    start = view.cell_slices[cell].start
+    return tuple([i + start for i in smallest_list(scores, k)])
 
 
 def unavailable_penalty(view: FleetView, rows: slice) -> np.ndarray:

@@ -9,6 +9,11 @@ online model) and may learn from :meth:`Strategy.observe`.
 
 Row-per-node arrays (instead of one object per candidate) keep a decision over 1,024 nodes
 to a few numpy calls; the router builds the same view from its NodeState table.
+
+The small value types (:class:`RequestView`, :class:`Decision`, :class:`Hedge`,
+:class:`Outcome`) are plain slotted dataclasses, not frozen ones: one of each is built per
+request, and a frozen dataclass costs several times more to construct. Treat them as
+read-only all the same.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ class UnknownStrategy(StrategyError):
         self.known = sorted(known)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestView:
     """What a router knows about one request when it routes it.
 
@@ -151,7 +156,7 @@ class FleetView:
         return (self.queue_depth[rows] + self.sent_since_update[rows]) / self.capacity[rows]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hedge:
     """Send a second copy to ``target`` if the first has not finished after ``delay_s``.
 
@@ -164,7 +169,7 @@ class Hedge:
     only_if_queued: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     """A routing decision: ranked targets (best first), an optional hedge, admission.
 
@@ -177,7 +182,7 @@ class Decision:
     retry_after_s: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """Feedback on one finished request, given to :meth:`Strategy.observe`."""
 

@@ -9,12 +9,18 @@ nodes short of VRAM are penalized. It should beat ``least_loaded`` whenever sign
 stale and beat ``heuristic`` on heterogeneous fleets (it accounts for speed and RTT in
 seconds, not in arbitrary weights).
 
-``mesh_hedge`` adds a hedge: if the first copy has not finished after roughly its p95
-latency (learned per kind) and is still queued (``hedge_only_if_queued``; a request in
-service is usually closer to done than a fresh copy), a copy goes to the best node of the
-second-best cell (an independent failure domain); the host cancels the loser. Hedges are
-only sent while the chosen cell is below ``hedge_max_load``, so hedging does not amplify
-overload.
+``mesh_hedge`` adds a hedge for requests that run unusually slow, queued or in service.
+It learns, per request kind, the ``hedge_quantile`` (default p95) of the ratio between a
+request's latency and what it should take on its node (expected service at the node's
+speed), and asks for a copy to the best node of the second-best cell (an independent
+failure domain) after that quantile times the request's own expected time; the host
+cancels the loser. Normalizing by the request's own expectation matters: a long LLM
+request is long, not slow, and a fresh copy would not overtake it; a request on a
+throttled or stalling node is slow, and a copy elsewhere wins. About ``1 - quantile`` of
+requests reach their hedge time in steady state (the host may cap hedges further with a
+budget), and hedges are only asked for while the chosen cell is below ``hedge_max_load``,
+so hedging does not amplify overload. ``hedge_only_if_queued: 1`` restores the old
+behaviour (hedge only requests still waiting for a batch slot).
 
 ``adaptive_mesh`` learns from outcomes: when the recent SLO-miss rate exceeds
 ``target_miss``, it weights load more than RTT (spreading wider), and it rejects requests
@@ -25,17 +31,20 @@ protects goodput under overload).
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from infermesh.serve.strategies._select import (
+    SMALL_CELLS,
     CellCache,
     KindEstimator,
     cell_columns,
+    cell_lists,
+    cell_load_now,
+    k_smallest,
     ranked_rows,
-    rows_age,
-    smallest,
+    smallest_list,
     unavailable_penalty,
 )
 from infermesh.serve.strategies.api import (
@@ -48,6 +57,9 @@ from infermesh.serve.strategies.api import (
 )
 
 __all__ = ["AdaptiveMesh", "Mesh", "MeshHedge"]
+
+_PRIOR_LOG_RATIO = math.log(3.0)
+_MAX_PENDING = 65536
 
 
 class Mesh(Strategy):
@@ -74,26 +86,38 @@ class Mesh(Strategy):
         super().__init__(options, seed)
         self.est = KindEstimator()
         self._cache = CellCache(self._cell_columns)
-        self._cells = CellCache(cell_columns)
+        self._cells = CellCache(self._cell_table)
+        self._cell_lists = CellCache(cell_lists)
         self.w_rtt = self.options["w_rtt"]
+        self._inv_trust = 1.0 / self.options["trust_s"]
+        self._top_k = int(self.options["top_k"])
+
+    def _cell_table(self, view: FleetView, _: int) -> tuple[np.ndarray, ...]:
+        """Per-epoch cell columns: load/speed, 1/(capacity*speed), unavailable penalty."""
+        load, inv_cap, inv_speed, penalty = cell_columns(view)
+        return load * inv_speed, inv_cap * inv_speed, penalty
 
     def cell_scores(self, request: RequestView, view: FleetView, svc: float) -> np.ndarray:
         """Expected wait (s) per cell plus weighted RTT (``inf`` for cells with no node)."""
-        load, inv_cap, inv_speed, penalty = self._cells.get(view, -1)
-        wait = (load + view.cells.sent * inv_cap) * (svc * inv_speed)
-        return wait + self.w_rtt * view.rtt_s[request.origin_cell] + penalty
+        load_s, inv_cs, penalty = self._cells.get(view, -1)
+        wait = (load_s + view.cells.sent * inv_cs) * svc
+        return wait + (self.w_rtt * view.rtt_s[request.origin_cell] + penalty)
 
-    def _cell_columns(self, view: FleetView, cell: int) -> tuple[np.ndarray, ...]:
-        """Per-epoch columns of ``cell``: queue + 1, 1/(cap*speed), 1/speed, penalties."""
+    def _cell_columns(self, view: FleetView, cell: int) -> tuple[Any, ...]:
+        """Per-epoch columns of ``cell``: (queue + 1)/(cap*speed), 1/(cap*speed), 1/speed,
+        penalties (VRAM shortage and unavailability), and the cell's published load."""
         rows = view.cell_rows(cell)
         speed = view.speed[rows]
         short = view.vram_free_frac[rows] < self.options["vram_reserve"]
         penalty = short * 10.0 / speed + unavailable_penalty(view, rows)
+        inv_cs = 1.0 / (view.capacity[rows] * speed)
         return (
-            view.queue_depth[rows] + 1.0,
-            1.0 / (view.capacity[rows] * speed),
+            (view.queue_depth[rows] + 1.0) * inv_cs,
+            inv_cs,
             1.0 / speed,
-            penalty,
+            penalty if penalty.any() else None,  # usually none: skip the addition
+            float(view.cells.load[cell]),
+            1.0 / max(float(view.cells.capacity[cell]), 1.0),
         )
 
     def node_scores(self, view: FleetView, cell: int, svc: float) -> np.ndarray:
@@ -103,28 +127,47 @@ class Mesh(Strategy):
         by the trust ``exp(-age / trust_s)`` in its signal, divided by its speed; nodes
         short of VRAM get a penalty and unavailable ones ``inf``.
         """
-        rows = view.cell_rows(cell)
-        q1, inv_cs, inv_s, penalty = self._cache.get(view, cell)
-        age = rows_age(view.queue_age_s, rows)
-        trust = np.exp(-np.asarray(age) / self.options["trust_s"])
-        cells = view.cells
-        cell_load = float(cells.load[cell]) + float(cells.sent[cell]) / max(
-            float(cells.capacity[cell]), 1.0
-        )
-        own = (q1 + view.sent_since_update[rows]) * inv_cs
-        return trust * own + ((1.0 - trust) * cell_load) * inv_s + penalty
+        rows = view.cell_slices[cell]
+        q1_cs, inv_cs, inv_s, penalty, load, inv_cap = self._cache.get(view, cell)
+        age = view.queue_age_s
+        if isinstance(age, float):
+            trust: Any = math.exp(-age * self._inv_trust)
+        else:
+            trust = np.exp(-age[rows] * self._inv_trust)
+        cell_load = load + float(view.cells.sent[cell]) * inv_cap
+        own = view.sent_since_update[rows] * inv_cs + q1_cs
+        scores = own * trust + inv_s * ((1.0 - trust) * cell_load)
+        return scores if penalty is None else scores + penalty
+
+    def best_cells(self, request: RequestView, view: FleetView, svc: float, k: int) -> list[int]:
+        """The ``k`` cells with the lowest :meth:`cell_scores`, best first."""
+        if view.n_cells > SMALL_CELLS:
+            return smallest_list(self.cell_scores(request, view, svc), k)
+        load, inv_cap, inv_speed, penalty, rtt = self._cell_lists.get(view, -1)
+        w = self.w_rtt
+        scores = [
+            (ld + s * ic) * (svc * isp) + w * r + p
+            for ld, s, ic, isp, r, p in zip(
+                load,
+                view.cells.sent.tolist(),
+                inv_cap,
+                inv_speed,
+                rtt[request.origin_cell],
+                penalty,
+                strict=True,
+            )
+        ]
+        return k_smallest(scores, k)
 
     def rank(
         self, request: RequestView, view: FleetView, k_cells: int = 1
     ) -> tuple[list[int], tuple[int, ...], float]:
         """Best cells, top rows of the best cell, and the expected service time."""
         svc = self.est.service_s(request)
-        cells = smallest(self.cell_scores(request, view, svc), k_cells).tolist()
+        cells = self.best_cells(request, view, svc, k_cells)
         if not cells:
             return [], (0,), svc
-        rows = ranked_rows(
-            view, cells[0], self.node_scores(view, cells[0], svc), int(self.options["top_k"])
-        )
+        rows = ranked_rows(view, cells[0], self.node_scores(view, cells[0], svc), self._top_k)
         return cells, rows or (0,), svc
 
     def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
@@ -136,19 +179,42 @@ class Mesh(Strategy):
 
 
 class MeshHedge(Mesh):
-    """``mesh`` plus a hedge to the second-best cell after about the p95 latency."""
+    """``mesh`` plus a hedge to the second-best cell when a request runs unusually slow."""
 
     name = "mesh_hedge"
     defaults: ClassVar[dict[str, float]] = {
         **Mesh.defaults,
         "hedge_max_load": 0.7,
+        "hedge_quantile": 0.95,
         "hedge_factor": 1.0,
-        "hedge_only_if_queued": 1.0,
+        "hedge_only_if_queued": 0.0,
+        "quantile_step": 0.05,
     }
+
+    def __init__(self, options: dict[str, float] | None = None, seed: int = 0) -> None:
+        super().__init__(options, seed)
+        #: per kind: log of the ``hedge_quantile`` of latency / expected latency
+        self.log_ratio_q: dict[str, float] = {}
+        self.pending: dict[int, tuple[str, float]] = {}
+
+    def expected_s(self, view: FleetView, target: int, svc: float) -> float:
+        """What the request should take on ``target``: its service at the node's speed."""
+        return svc / max(float(view.speed[target]), 1e-6)
+
+    def hedge_delay_s(self, kind: str, expected_s: float) -> float:
+        """Seconds after which the request counts as slow (the learned ratio quantile)."""
+        lq = self.log_ratio_q.get(kind, _PRIOR_LOG_RATIO)
+        return self.options["hedge_factor"] * expected_s * math.exp(lq)
 
     def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
         cells, rows, svc = self.rank(request, view, k_cells=2)
-        if not cells or view.cells.load_now()[cells[0]] > self.options["hedge_max_load"]:
+        if not cells:
+            return Decision(targets=rows)
+        expected = self.expected_s(view, rows[0], svc)
+        if len(self.pending) >= _MAX_PENDING:  # requests dropped before finishing
+            del self.pending[next(iter(self.pending))]
+        self.pending[request.request_id] = (request.kind, expected)
+        if cell_load_now(view, cells[0]) > self.options["hedge_max_load"]:
             return Decision(targets=rows)
         if len(cells) > 1:
             alt = ranked_rows(view, cells[1], self.node_scores(view, cells[1], svc), 1)
@@ -156,11 +222,26 @@ class MeshHedge(Mesh):
             alt = rows[1:2]
         if not alt:
             return Decision(targets=rows)
-        delay = self.options["hedge_factor"] * self.est.latency_tail_s(request.kind, 3.0 * svc)
+        delay = self.hedge_delay_s(request.kind, expected)
         queued_only = self.options["hedge_only_if_queued"] > 0
         return Decision(
             targets=rows, hedge=Hedge(target=alt[0], delay_s=delay, only_if_queued=queued_only)
         )
+
+    def observe(self, outcome: Outcome) -> None:
+        super().observe(outcome)
+        item = self.pending.pop(outcome.request_id, None)
+        if item is None:
+            return
+        kind, expected = item
+        # stochastic-gradient quantile estimate in log space: steps up by p when the
+        # observation is above the estimate and down by 1 - p below, so it settles where
+        # a share p of requests finish faster
+        x = math.log(max(outcome.latency_s, 1e-9) / max(expected, 1e-9))
+        p = self.options["hedge_quantile"]
+        step = self.options["quantile_step"]
+        lq = self.log_ratio_q.get(kind, _PRIOR_LOG_RATIO)
+        self.log_ratio_q[kind] = lq + step * (p if x > lq else p - 1.0)
 
 
 class AdaptiveMesh(Mesh):

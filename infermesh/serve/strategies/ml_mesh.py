@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from infermesh.serve.strategies._select import smallest
+from infermesh.serve.strategies._select import CellCache, Uniforms, smallest_list
 from infermesh.serve.strategies.api import Decision, FleetView, Outcome, RequestView
 from infermesh.serve.strategies.predictive import PredictiveMesh
 
@@ -24,6 +24,19 @@ __all__ = ["MlEnhancedMesh"]
 
 _N_FEATURES = 7
 _MAX_PENDING = 65536
+
+
+def _row_features(view: FleetView, cell: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-epoch feature rows of ``cell`` (published parts; the rest is filled per
+    decision) and 1/capacity: [1, -, queue/capacity, utilization, VRAM used, -, -]."""
+    rows = view.cell_rows(cell)
+    inv_cap = 1.0 / view.capacity[rows]
+    x = np.zeros((inv_cap.shape[0], _N_FEATURES))
+    x[:, 0] = 1.0
+    x[:, 2] = view.queue_depth[rows] * inv_cap
+    x[:, 3] = view.utilization[rows]
+    x[:, 4] = 1.0 - view.vram_free_frac[rows]
+    return x, inv_cap
 
 
 class MlEnhancedMesh(PredictiveMesh):
@@ -42,41 +55,43 @@ class MlEnhancedMesh(PredictiveMesh):
         super().__init__(options, seed)
         self.weights: dict[str, np.ndarray] = {}
         self.pending: dict[int, tuple[str, np.ndarray]] = {}
+        self._u = Uniforms(self.rng)
+        self._rows = CellCache(_row_features)
+        self._short = int(self.options["shortlist"])
 
     def _features(
-        self, request: RequestView, view: FleetView, idx: np.ndarray, pred: np.ndarray, cell: int
+        self, request: RequestView, view: FleetView, short: np.ndarray, pred: np.ndarray, cell: int
     ) -> np.ndarray:
-        n = idx.shape[0]
-        x = np.empty((n, _N_FEATURES))
-        x[:, 0] = 1.0
-        x[:, 1] = pred
-        x[:, 2] = view.load(idx)
-        x[:, 3] = view.utilization[idx]
-        x[:, 4] = 1.0 - view.vram_free_frac[idx]
+        """Feature rows of the short-listed rows ``short`` (indices within ``cell``)."""
+        base, inv_cap = self._rows.get(view, cell)
+        x = base.take(short, axis=0)
+        x[:, 1] = pred.take(short)
+        rows = view.cell_slices[cell]
+        x[:, 2] += view.sent_since_update[rows].take(short) * inv_cap.take(short)
         x[:, 5] = view.rtt_s[request.origin_cell, cell]
         age = view.queue_age_s
-        x[:, 6] = age if isinstance(age, float) else age[idx]
+        x[:, 6] = age if isinstance(age, float) else age[rows].take(short)
         return x
 
     def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
         cell, pred, _ = self.choose(request, view)
         if cell < 0:
             return Decision(targets=(0,))
-        start = view.cell_rows(cell).start
-        short = smallest(pred, int(self.options["shortlist"]))
+        start = view.cell_slices[cell].start
+        short = np.array(smallest_list(pred, self._short), dtype=np.int64)
         if short.size == 0:
             return Decision(targets=(start,))
-        idx = short + start
-        x = self._features(request, view, idx, pred[short], cell)
+        x = self._features(request, view, short, pred, cell)
         w = self.weights.get(request.kind)
         if w is None:
             w = np.zeros(_N_FEATURES)
             w[1] = 1.0  # start as predictive_mesh: latency = predicted wait + service
             self.weights[request.kind] = w
-        order = np.argsort(x @ w, kind="stable")
-        if order.size > 1 and self.rng.random() < self.options["explore"]:
-            order[[0, 1]] = order[[1, 0]]
-        ranked = tuple(int(idx[i]) for i in order[:3])
+        order = (x @ w).argsort(kind="stable").tolist()
+        if len(order) > 1 and self._u.next() < self.options["explore"]:
+            order[0], order[1] = order[1], order[0]
+        rows = short.tolist()
+        ranked = tuple([rows[i] + start for i in order[:3]])
         if len(self.pending) >= _MAX_PENDING:  # requests dropped before finishing
             del self.pending[next(iter(self.pending))]
         self.pending[request.request_id] = (request.kind, x[order[0]])

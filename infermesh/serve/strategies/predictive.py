@@ -19,16 +19,20 @@ nodes). It should win on cost per token and on LLM TTFT when prefixes are shared
 
 from __future__ import annotations
 
-from typing import ClassVar
+import math
+from typing import Any, ClassVar
 
 import numpy as np
 
 from infermesh.serve.strategies._select import (
+    SMALL_CELLS,
     CellCache,
     KindEstimator,
     cell_columns,
-    rows_age,
-    smallest,
+    cell_lists,
+    cell_load_now,
+    k_smallest,
+    smallest_list,
     unavailable_penalty,
 )
 from infermesh.serve.strategies.api import Decision, FleetView, Outcome, RequestView, Strategy
@@ -58,27 +62,59 @@ class PredictiveMesh(Strategy):
         self.est = KindEstimator()
         self._cache = CellCache(self._cell_columns)
         self._cells = CellCache(cell_columns)
+        self._cell_lists = CellCache(cell_lists)
+        self._bs1 = self.options["batch_slowdown"] - 1.0
+        self._top_k = int(self.options["top_k"])
 
     def predict_cells(self, request: RequestView, view: FleetView, svc: float) -> np.ndarray:
         """Predicted latency (s) for the mean node of each cell."""
         load, inv_cap, inv_speed, penalty = self._cells.get(view, -1)
         x = load + view.cells.sent * inv_cap
-        factor = np.maximum(x - 1.0, 0.0) + self.options["batch_slowdown"] * np.minimum(x, 1.0)
-        return view.rtt_s[request.origin_cell] + (factor + 1.0) * (svc * inv_speed) + penalty
+        # max(x - 1, 0) + b min(x, 1) + 1 == x + (b - 1) min(x, 1) + 1
+        factor1 = x + self._bs1 * np.minimum(x, 1.0) + 1.0
+        return view.rtt_s[request.origin_cell] + factor1 * (svc * inv_speed) + penalty
 
-    def _cell_columns(self, view: FleetView, cell: int) -> tuple[np.ndarray, ...]:
-        """Per-epoch columns of ``cell`` derived from the published queue depth."""
+    def best_cell(self, request: RequestView, view: FleetView, svc: float) -> tuple[int, Any]:
+        """The cell with the lowest predicted latency (-1 if none) and all predictions
+        (a list or an array; ``inf`` for cells without an available node)."""
+        if view.n_cells > SMALL_CELLS:
+            pred: Any = self.predict_cells(request, view, svc)
+            best = smallest_list(pred, 1)
+        else:
+            load, inv_cap, inv_speed, penalty, rtt = self._cell_lists.get(view, -1)
+            b1 = self._bs1
+            pred = []
+            for ld, s, ic, isp, r, p in zip(
+                load,
+                view.cells.sent.tolist(),
+                inv_cap,
+                inv_speed,
+                rtt[request.origin_cell],
+                penalty,
+                strict=True,
+            ):
+                x = ld + s * ic
+                pred.append(r + (x + b1 * (x if x < 1.0 else 1.0) + 1.0) * (svc * isp) + p)
+            best = k_smallest(pred, 1)
+        return (best[0] if best else -1), pred
+
+    def _cell_columns(self, view: FleetView, cell: int) -> tuple[Any, ...]:
+        """Per-epoch columns of ``cell`` derived from the published queue depth, each
+        divided by capacity: backlog beyond the batch, drain rate per second of age,
+        batch + 1; then 1/capacity, 1/speed and the unavailable penalty."""
         rows = view.cell_rows(cell)
         cap = view.capacity[rows]
         speed = view.speed[rows]
         q = view.queue_depth[rows]
+        inv_cap = 1.0 / cap
+        penalty = unavailable_penalty(view, rows)
         return (
-            np.maximum(q - cap, 0.0),
-            cap * speed,
-            np.minimum(q, cap) + 1.0,
-            1.0 / cap,
+            np.maximum(q - cap, 0.0) * inv_cap,
+            speed,
+            (np.minimum(q, cap) + 1.0) * inv_cap,
+            inv_cap,
             1.0 / speed,
-            unavailable_penalty(view, rows),
+            penalty if penalty.any() else None,  # usually none: skip the addition
         )
 
     def predict_rows(self, view: FleetView, cell: int, svc: float) -> np.ndarray:
@@ -89,30 +125,30 @@ class PredictiveMesh(Strategy):
         request then waits for a slot (if the batch is full) and runs at a speed reduced
         by ``batch_slowdown`` times the batch fill.
         """
-        over, cs, base, inv_cap, inv_speed, penalty = self._cache.get(view, cell)
-        rows = view.cell_rows(cell)
-        age = rows_age(view.queue_age_s, rows)
-        backlog = np.maximum(over - cs * (np.asarray(age) / max(svc, 1e-6)), 0.0)
-        x = (base + backlog + view.sent_since_update[rows]) * inv_cap
-        factor = np.maximum(x - 1.0, 0.0) + self.options["batch_slowdown"] * np.minimum(x, 1.0)
-        return (factor + 1.0) * (svc * inv_speed) + penalty
+        over, speed, base, inv_cap, inv_speed, penalty = self._cache.get(view, cell)
+        rows = view.cell_slices[cell]
+        age = view.queue_age_s
+        drained = (age if isinstance(age, float) else age[rows]) / max(svc, 1e-6)
+        # all in units of capacity: (backlog - drained) clipped at 0, + batch + 1 + sends
+        x = np.maximum(over - speed * drained, 0.0) + base + view.sent_since_update[rows] * inv_cap
+        factor1 = x + self._bs1 * np.minimum(x, 1.0) + 1.0
+        pred = factor1 * (svc * inv_speed)
+        return pred if penalty is None else pred + penalty
 
     def choose(self, request: RequestView, view: FleetView) -> tuple[int, np.ndarray, float]:
         """Best cell, per-row predictions in it, and the expected service time."""
         svc = self.est.service_s(request)
-        cell_pred = self.predict_cells(request, view, svc)
-        best = smallest(cell_pred, 1)
-        if best.size == 0:
+        cell, _ = self.best_cell(request, view, svc)
+        if cell < 0:
             return -1, np.empty(0), svc
-        cell = int(best[0])
         return cell, self.predict_rows(view, cell, svc), svc
 
     def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
         cell, pred, _ = self.choose(request, view)
         if cell < 0:
             return Decision(targets=(0,))
-        start = view.cell_rows(cell).start
-        rows = tuple(int(i) + start for i in smallest(pred, int(self.options["top_k"])))
+        start = view.cell_slices[cell].start
+        rows = tuple([i + start for i in smallest_list(pred, self._top_k)])
         return Decision(targets=rows or (start,))
 
     def observe(self, outcome: Outcome) -> None:
@@ -145,23 +181,19 @@ class HybridMesh(PredictiveMesh):
     def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
         o = self.options
         svc = self.est.service_s(request)
-        cell_pred = self.predict_cells(request, view, svc)
+        cell, cell_pred = self.best_cell(request, view, svc)
         origin = request.origin_cell
-        best = smallest(cell_pred, 1)
-        if best.size == 0:
+        if cell < 0:
             return Decision(targets=(0,))
-        cell = int(best[0])
         # stay in the origin cell when it is nearly as good: prefix homes live there
-        if (
-            np.isfinite(cell_pred[origin])
-            and cell_pred[origin] <= cell_pred[cell] + o["affinity_slack"] * svc
-        ):
+        p_origin = float(cell_pred[origin])
+        if math.isfinite(p_origin) and p_origin <= cell_pred[cell] + o["affinity_slack"] * svc:
             cell = origin
-        rows = view.cell_rows(cell)
+        rows = view.cell_slices[cell]
         pred = self.predict_rows(view, cell, svc)
-        if view.cells.load_now()[cell] < o["pack_load"]:
+        if cell_load_now(view, cell) < o["pack_load"]:
             pred = pred + (o["w_price"] * svc) * self._price.get(view, cell)
-        ranked = [int(i) + rows.start for i in smallest(pred, int(o["top_k"]))]
+        ranked = [i + rows.start for i in smallest_list(pred, self._top_k)]
         if not ranked:
             return Decision(targets=(rows.start,))
         if request.prefix_group >= 0:

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from infermesh.serve.strategies._select import best_cell, top_rows
+from infermesh.serve.strategies._select import CellCache, best_cell, cell_load_now, ranked_rows
 from infermesh.serve.strategies.api import Decision, FleetView, RequestView, Strategy
 
 __all__ = ["PrefixAffinity", "hash_order"]
@@ -56,18 +56,32 @@ class PrefixAffinity(Strategy):
     )
     defaults: ClassVar[dict[str, float]] = {"spill_load": 1.0, "probes": 3}
 
+    def __init__(self, options: dict[str, float] | None = None, seed: int = 0) -> None:
+        super().__init__(options, seed)
+        self._rows = CellCache(_load_columns)
+
     def decide(self, request: RequestView, view: FleetView, now: float) -> Decision:
         spill = self.options["spill_load"]
-        load = view.cells.load_now()
         cell = request.origin_cell
-        if view.cells.available[cell] == 0 or load[cell] > spill:
+        if view.cells.available[cell] == 0 or cell_load_now(view, cell) > spill:
+            load = view.cells.load_now()
             cell = best_cell(view, load + view.rtt_s[request.origin_cell])
             if cell < 0:
                 return Decision(targets=(0,))
-        rows = view.cell_rows(cell)
+        rows = view.cell_slices[cell]
+        q_cap, inv_cap = self._rows.get(view, cell)
+        load_rows = view.sent_since_update[rows] * inv_cap + q_cap  # inf where unavailable
         if request.prefix_group >= 0:
             order = hash_order(request.prefix_group, rows, int(self.options["probes"]))
             for i in order:
-                if view.available[i] and view.load(slice(i, i + 1))[0] <= spill:
-                    return Decision(targets=(int(i), *top_rows(view, cell, view.load(rows), 1)))
-        return Decision(targets=top_rows(view, cell, view.load(rows), 2))
+                if load_rows[i - rows.start] <= spill:
+                    return Decision(targets=(i, *ranked_rows(view, cell, load_rows, 1)))
+        return Decision(targets=ranked_rows(view, cell, load_rows, 2))
+
+
+def _load_columns(view: FleetView, cell: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-epoch published load per unit of capacity (``inf`` where unavailable), 1/capacity."""
+    rows = view.cell_rows(cell)
+    inv_cap = 1.0 / view.capacity[rows]
+    q_cap = np.where(view.available[rows], view.queue_depth[rows] * inv_cap, np.inf)
+    return q_cap, inv_cap
