@@ -49,7 +49,10 @@ class HostCollector(Collector):
         total, idle = self._cpu_times()
         d_total, d_idle = total - self._cpu[0], idle - self._cpu[1]
         self._cpu, self._cpu_at = (total, idle), time.monotonic()
-        return 100.0 * (d_total - d_idle) / d_total if d_total > 0 else 0.0
+        if d_total <= 0:
+            return 0.0
+        # the counters are sums of floats: an idle interval can come out a hair below zero
+        return min(100.0, max(0.0, 100.0 * (d_total - d_idle) / d_total))
 
     def inventory(self) -> NodeInventory:
         nics = sorted(n for n in psutil.net_if_addrs() if self._ifaces.search(n))
