@@ -183,6 +183,7 @@ assert hook.signal is not None
 for _ in range(3):
     model(torch.randn(8, 64)).sum().backward()
 hook.signal.close()
+del hook, model  # free DDP's reducer before the group (torch 2.13 teardown, docs/LAUNCHER.md)
 dist.barrier()
 dist.destroy_process_group()
 """
