@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,16 +23,12 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from infermesh.core.net import free_port
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 PEER_BIN = HERE / ".venv" / "bin"
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -40,6 +40,7 @@ from infermesh.agent.telemetry import Telemetry
 from infermesh.client.coordinator import async_stub
 from infermesh.client.generated import coordinator_pb2 as pb
 from infermesh.core.errors import UsageError
+from infermesh.core.net import host_address
 from infermesh.security.tls import ClientTls
 from infermesh.signal.collective import IPC_ENV
 
@@ -130,7 +131,7 @@ class NodeAgent:
         self.workdir = Path(workdir).resolve()
         self.rack = rack
         self.labels = dict(labels or {})
-        self.addr = addr or _default_addr()
+        self.addr = addr or host_address()
         self.telemetry = telemetry
         self.endpoints = list(endpoints or [])
         self.epoch = 0
@@ -384,10 +385,3 @@ def _last_result(lines: deque[str]) -> str:
         if "infermesh-run:" in line or "Error" in line:
             return line.strip()
     return lines[-1].strip() if lines else ""
-
-
-def _default_addr() -> str:
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"

@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -33,6 +32,7 @@ from types import TracebackType
 from urllib.parse import urlencode
 
 from infermesh.core.errors import InferMeshError
+from infermesh.core.net import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +137,6 @@ def make_tls_files(directory: Path, *, client_name: str = "infermesh-test-client
     )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class EtcdServer:
     """One etcd member on loopback, for the lifetime of a ``with`` block (or start/stop)."""
 
@@ -178,7 +172,7 @@ class EtcdServer:
         if binary is None:
             raise InferMeshError(unavailable_reason() or "etcd not found")
         for attempt in range(3):  # a free port can be taken between probing and binding
-            self.client_port, self._peer_port = _free_port(), _free_port()
+            self.client_port, self._peer_port = free_port(), free_port()
             self._data_dir = self.workdir / f"data-{attempt}"
             if self._launch(binary):
                 return self

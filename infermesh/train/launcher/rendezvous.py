@@ -62,6 +62,7 @@ from infermesh.client.coordinator import (
     CoordinatorUnavailable,
     pb,
 )
+from infermesh.core.net import free_port, host_address
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class CoordinatorRendezvous(RendezvousHandler):
         self.client = CoordinatorClient(params.endpoint, timeout_s=10.0)
         self.run_id = params.run_id
         self.node_id = os.environ.get(NODE_ID_ENV) or f"{socket.gethostname()}-{os.getpid()}"
-        self.addr = params.local_addr or _reachable_addr()
+        self.addr = params.local_addr or host_address()
         self.join_timeout = float(_timeout(params, "join", 600).total_seconds())
         self.last_call = float(params.get_as_int("last_call_timeout", 0) or 0)
         self._store: TCPStore | None = None
@@ -186,7 +187,7 @@ class CoordinatorRendezvous(RendezvousHandler):
             run_id=self.run_id,
             node_id=self.node_id,
             addr=self.addr,
-            port=_free_port(self.addr),
+            port=free_port("::" if ":" in self.addr else ""),
             nproc_per_node=0,
             nodes_min=self.params.min_nodes,
             nodes_max=self.params.max_nodes,
@@ -257,19 +258,6 @@ class CoordinatorRendezvous(RendezvousHandler):
     def shutdown(self) -> bool:
         self.client.close()
         return True
-
-
-def _free_port(addr: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET) as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
-
-
-def _reachable_addr() -> str:
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return socket.getfqdn()
 
 
 def create_handler(params: RendezvousParameters) -> RendezvousHandler:
