@@ -30,7 +30,7 @@ from infermesh.client.coordinator import (
     CoordinatorClient,
     CoordinatorError,
     NotFound,
-    resolve_address,
+    require_address,
 )
 from infermesh.core.errors import InferMeshError, UsageError
 
@@ -95,13 +95,7 @@ def command(fn: F) -> F:
 @contextmanager
 def connect(coordinator: str | None, timeout_s: float = 10.0) -> Iterator[CoordinatorClient]:
     """A client of ``--coordinator`` or ``$INFERMESH_COORDINATOR``; UsageError if neither."""
-    address = resolve_address(coordinator)
-    if address is None:
-        raise UsageError(
-            f"no coordinator configured: pass --coordinator HOST:PORT or set {COORDINATOR_ENV} "
-            f"(e.g. export {COORDINATOR_ENV}=127.0.0.1:7600); `infermesh up` starts a local cell"
-        )
-    with CoordinatorClient(address, timeout_s=timeout_s) as client:
+    with CoordinatorClient(require_address(coordinator), timeout_s=timeout_s) as client:
         yield client
 
 

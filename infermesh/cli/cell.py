@@ -31,7 +31,7 @@ from infermesh.cli.security import (
     client_tls,
     server_security,
 )
-from infermesh.client.coordinator import DEFAULT_PORT, parse_address, pb, resolve_address
+from infermesh.client.coordinator import DEFAULT_PORT, parse_address, pb, require_address
 from infermesh.control.coordinator import Coordinator, check_port, default_store_url
 from infermesh.core.errors import InferMeshError, UsageError
 from infermesh.security.tls import ENV_CA, ENV_CERT, ENV_DIR, ENV_KEY, ClientTls
@@ -209,11 +209,7 @@ def agent_start(
 
     async def main() -> None:
         tls = client_tls(tls_dir, ca, cert, key, server_name=tls_server_name, insecure=insecure)
-        address = resolve_address(coordinator or None)
-        if address is None:
-            raise UsageError(
-                "no coordinator given: pass --coordinator HOST:PORT or set INFERMESH_COORDINATOR"
-            )
+        address = require_address(coordinator or None)
         agent = _make_agent(
             address,
             node_id or socket.gethostname(),

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from cryptography import x509
 
-from infermesh.client.coordinator import CoordinatorClient, pb, resolve_address
+from infermesh.client.coordinator import CoordinatorClient, pb, require_address
 from infermesh.control.auth import SecurityConfig
 from infermesh.core.errors import InferMeshError, UsageError
 from infermesh.security.ca import (
@@ -142,11 +142,7 @@ def _connect(
     server_name: str,
     insecure: bool,
 ) -> CoordinatorClient:
-    address = resolve_address(coordinator or None)
-    if address is None:
-        raise UsageError(
-            "no coordinator given: pass --coordinator HOST:PORT or set INFERMESH_COORDINATOR"
-        )
+    address = require_address(coordinator or None)
     tls = client_tls(
         tls_dir, ca, cert, key, token=token, server_name=server_name, insecure=insecure
     )

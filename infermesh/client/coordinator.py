@@ -103,6 +103,17 @@ def resolve_address(flag: str | None) -> str | None:
     return parse_address(value) if value else None
 
 
+def require_address(flag: str | None) -> str:
+    """:func:`resolve_address`, or a :class:`UsageError` that says how to name a coordinator."""
+    address = resolve_address(flag)
+    if address is None:
+        raise UsageError(
+            f"no coordinator configured: pass --coordinator HOST:PORT or set {COORDINATOR_ENV} "
+            f"(e.g. export {COORDINATOR_ENV}=127.0.0.1:7600); `infermesh up` starts a local cell"
+        )
+    return address
+
+
 def _translate(error: grpc.RpcError, address: str, method: str) -> CoordinatorError:
     code = error.code() if hasattr(error, "code") else None
     detail = error.details() if hasattr(error, "details") else str(error)
