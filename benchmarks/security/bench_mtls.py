@@ -104,7 +104,9 @@ async def _heartbeats(address: str, tls: ClientTls | None, node: str, calls: int
     try:
         for seq in range(calls + 20):
             t0 = time.perf_counter()
-            await queue.put(pb.AgentHeartbeat(node_id=node, epoch=reply.epoch, seq=seq + 1))
+            await queue.put(
+                pb.AgentHeartbeat(node_id=node, epoch=reply.epoch, seq=seq + 1, want_ack=True)
+            )
             answer = await call.read()
             if answer.ack_seq != seq + 1:
                 raise SystemExit(f"heartbeat {seq + 1} got ack {answer.ack_seq}")

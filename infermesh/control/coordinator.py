@@ -35,7 +35,7 @@ from infermesh.core.errors import PortInUse, UsageError
 from infermesh.obs.metrics import counter
 from infermesh.security.tls import ServerTls, trust_domain_of
 from infermesh.signal.api import parse_labels
-from infermesh.signal.export import SignalExporter
+from infermesh.signal.export import SIGNALS
 from infermesh.signal.fusion import Health, SignalTable
 
 logger = logging.getLogger(__name__)
@@ -183,21 +183,20 @@ class Coordinator:
             )
 
     async def _maintain(self) -> None:
-        """Every 5 s: export the fused signals; every minute: compact the store's history."""
-        exporter = SignalExporter()
-        ticks = 0
-        while not self._stop.is_set():
-            try:
-                exporter.export_table(self.signals, time.time(), max_age_s=30.0)
-                ticks += 1
-                if ticks % 12 == 0:
+        """Every minute: compact the store's history. (Node gauges are read at scrape time.)"""
+        SIGNALS.attach(self.signals, max_age_s=30.0)
+        try:
+            while not self._stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=60.0)
+                try:
                     revision = await self.store.revision()
                     if revision > KEEP_REVISIONS:
                         await self.store.compact(revision - KEEP_REVISIONS)
-            except Exception:
-                logger.exception("coordinator maintenance failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=5.0)
+                except Exception:
+                    logger.exception("coordinator maintenance failed")
+        finally:
+            SIGNALS.detach(self.signals)
 
     async def _apply_health(self, entry: NodeEntry) -> None:
         health, reasons = self.signals.health(entry.node_id)

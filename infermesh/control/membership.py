@@ -19,6 +19,7 @@ import contextlib
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -133,6 +134,9 @@ class Membership:
         self.dead_after_s = dead_after_s
         self.heartbeat_interval_s = heartbeat_interval_s
         self.nodes: dict[str, NodeEntry] = {}
+        self._by_seen: OrderedDict[str, NodeEntry] = OrderedDict()
+        """The nodes that are not DEAD, least recently heard from first: the monitor only
+        looks at the silent head of this order, not at every node."""
         self.listeners: list[Listener] = []
         self.heartbeats = 0
         self.liveness_leases = liveness_leases
@@ -145,12 +149,19 @@ class Membership:
         """Read the node table after a (re)start; known nodes get a fresh grace period."""
         for node in await self.records.load("nodes", pb.Node):
             liveness = NodeStatus.DEAD if node.status == NodeStatus.DEAD.value else NodeStatus.ALIVE
-            self.nodes[node.spec.node_id] = NodeEntry(node=node, liveness=liveness)
+            entry = self.nodes[node.spec.node_id] = NodeEntry(node=node, liveness=liveness)
+            if liveness is not NodeStatus.DEAD:
+                self._touch(entry)
         NODES.labels(cell=self.cell).set(len(self.nodes))
         logger.info("loaded %d node(s) from the store", len(self.nodes))
 
     def get(self, node_id: str) -> NodeEntry | None:
         return self.nodes.get(node_id)
+
+    def _touch(self, entry: NodeEntry) -> None:
+        entry.last_seen = time.monotonic()
+        self._by_seen[entry.node_id] = entry
+        self._by_seen.move_to_end(entry.node_id)
 
     async def register(self, spec: pb.NodeSpec, epoch: int) -> pb.Node:
         validate_spec(spec)
@@ -160,6 +171,7 @@ class Membership:
             node = pb.Node(spec=spec, epoch=1, status=NodeStatus.ALIVE.value, status_since=now)
             node.status_reason = "registered"
             entry = self.nodes[spec.node_id] = NodeEntry(node=node)
+            self._touch(entry)
             NODES.labels(cell=self.cell).set(len(self.nodes))
             await self._persist_event(entry, "", NodeStatus.ALIVE, "registered (epoch 1)")
             await self.records.put("nodes", spec.node_id, entry.node)
@@ -175,7 +187,7 @@ class Membership:
                 "another --node-id or stop the other one"
             )
         entry.node.spec.CopyFrom(spec)
-        entry.last_seen = time.monotonic()
+        self._touch(entry)
         if fresh:
             entry.node.epoch += 1
             entry.assign.clear()
@@ -201,6 +213,7 @@ class Membership:
                 f"status {entry.shown_status().value}); register again"
             )
         entry.last_seen = time.monotonic()
+        self._by_seen.move_to_end(node_id)  # not DEAD (checked above), so it is in the order
         entry.node.last_heartbeat = time.time()
         self.heartbeats += 1
         self._heartbeat_metric.inc()
@@ -268,7 +281,12 @@ class Membership:
         now = time.monotonic()
         if self._leases:
             await self._keep_leases(now)
-        for entry in list(self.nodes.values()):
+        silent_ones = []
+        for entry in self._by_seen.values():  # least recently heard from first
+            if now - entry.last_seen <= self.suspect_after_s:
+                break
+            silent_ones.append(entry)
+        for entry in silent_ones:
             silent = now - entry.last_seen
             if entry.liveness is NodeStatus.ALIVE and silent > self.suspect_after_s:
                 old = entry.shown_status()
@@ -277,6 +295,7 @@ class Membership:
             elif entry.liveness is NodeStatus.SUSPECT and silent > self.dead_after_s:
                 old = entry.shown_status()
                 entry.liveness = NodeStatus.DEAD
+                self._by_seen.pop(entry.node_id, None)
                 await self._changed(entry, old, f"no heartbeat for {silent:.1f} s")
 
     async def _changed(

@@ -117,14 +117,16 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 if entry.liveness is NodeStatus.SUSPECT:
                     await self.membership.revive(entry)
                 await self.c.on_heartbeat(entry, beat)
-                reply = pb.CoordinatorMessage(ack_seq=beat.seq, received_at=time.time())
-                if entry.assign:
-                    reply.assign.extend(entry.assign)
-                    entry.assign.clear()
-                if entry.stop:
-                    reply.stop_jobs.extend(entry.stop)
-                    entry.stop.clear()
-                yield reply
+                # no answer unless there is something to say: replies cost as much as beats
+                if entry.assign or entry.stop or beat.want_ack:
+                    reply = pb.CoordinatorMessage(ack_seq=beat.seq, received_at=time.time())
+                    if entry.assign:
+                        reply.assign.extend(entry.assign)
+                        entry.assign.clear()
+                    if entry.stop:
+                        reply.stop_jobs.extend(entry.stop)
+                        entry.stop.clear()
+                    yield reply
         finally:
             if node_id:
                 await self.membership.stream_closed(node_id, epoch)

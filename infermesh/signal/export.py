@@ -1,25 +1,34 @@
-"""Prometheus export of fused node state (coordinator and agent ``/metrics``).
+"""Prometheus export of fused node state (the coordinator's ``/metrics``).
 
-:class:`SignalExporter` turns :class:`~infermesh.signal.fusion.NodeView` s into gauges on the
-process registry, with the shared labels only (``node``, ``gpu``, ``model``). Series with
-sample-only labels are folded: network interfaces are summed per node, NVLink lanes become
-a count of lanes down, MIG instances are not exported. A series that went stale is
-*removed* from the exposition, so a dashboard shows a gap instead of a frozen value.
+:data:`SIGNALS` is a collector on the process registry that reads the attached
+:class:`~infermesh.signal.fusion.SignalTable` s when ``/metrics`` is scraped, not before:
+a cell of 10,000 nodes pays for its node gauges once per scrape instead of on a timer.
+Labels are the shared ones only (``node``, ``gpu``, ``model``). Series with sample-only
+labels are folded: network interfaces are summed per node, NVLink lanes become a count of
+lanes down, MIG instances are not exported. A series older than the collector's max age is
+left out, so a dashboard shows a gap instead of a frozen value.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
 
-from prometheus_client import Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
-from infermesh.obs import metrics
+from infermesh.obs.labels import check_labels
+from infermesh.obs.metrics import REGISTRY
 from infermesh.signal.api import parse_labels
 from infermesh.signal.fusion import Health, NodeView, SignalTable
 
-__all__ = ["EXPORTED", "SignalExporter"]
+__all__ = ["EXPORTED", "SIGNALS", "SignalCollector"]
+
+logger = logging.getLogger(__name__)
 
 # signal name -> (metric name, help, label names, use the rate instead of the value)
 EXPORTED: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
@@ -108,92 +117,107 @@ EXPORTED: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
 
 _HEALTH_CODE = {Health.OK: 0.0, Health.DEGRADED: 1.0, Health.QUARANTINE: 2.0}
 
-_GAUGES: dict[str, Gauge] = {
-    signal: metrics.gauge(metric, doc, labels)
-    for signal, (metric, doc, labels, _) in EXPORTED.items()
-}
-_HEALTH = metrics.gauge(
-    "infermesh_node_health", "Derived node health: 0 ok, 1 degraded, 2 quarantine.", ("node",)
-)
-_AGE = metrics.gauge(
-    "infermesh_node_signal_age_seconds",
-    "Age of the newest signal received from the node.",
-    ("node",),
-)
-_STALE = metrics.gauge(
-    "infermesh_node_stale_signals",
-    "Series of the node older than the exporter's max age.",
-    ("node",),
-)
-_NVLINK_DOWN = metrics.gauge(
-    "infermesh_gpu_nvlink_down", "NVLink lanes of a GPU reported down.", ("node", "gpu")
-)
-_XIDS = metrics.gauge(
-    "infermesh_gpu_xid_events",
-    "XID events held for the node since the last clear, by GPU.",
-    ("node", "gpu"),
-)
+# (metric name, help, label names) of the per-node families that are not in EXPORTED
+_HEALTH = ("infermesh_node_health", "Derived node health: 0 ok, 1 degraded, 2 quarantine.")
+_AGE = ("infermesh_node_signal_age_seconds", "Age of the newest signal received from the node.")
+_STALE = ("infermesh_node_stale_signals", "Series of the node older than the exporter's max age.")
+_NVLINK_DOWN = ("infermesh_gpu_nvlink_down", "NVLink lanes of a GPU reported down.")
+_XIDS = ("infermesh_gpu_xid_events", "XID events held for the node since the last clear, by GPU.")
+
+Key = tuple[str, tuple[str, ...]]  # (metric name, label values)
 
 
-class SignalExporter:
-    """Keeps the node gauges of one process in step with the views it is given."""
+def node_samples(view: NodeView, xids: list[tuple[float, str, int]]) -> dict[Key, float]:
+    """The exported samples of one node's view: metric name and label values -> value."""
+    node = view.node_id
+    out: dict[Key, float] = defaultdict(float)
+    for (name, labels), s in view.series.items():
+        d = parse_labels(labels) if labels else {}
+        if name == "gpu.nvlink_up":
+            out[(_NVLINK_DOWN[0], (node, d.get("gpu", "")))] += 0.0 if s.value else 1.0
+            continue
+        spec = EXPORTED.get(name)
+        if spec is None or "mig" in d:
+            continue
+        metric, _, label_names, use_rate = spec
+        values = tuple(node if k == "node" else d.get(k, "") for k in label_names)
+        value = (s.rate or 0.0) if use_rate else s.value
+        if math.isfinite(value):
+            out[(metric, values)] += value
+    for _, labels, _code in xids:
+        out[(_XIDS[0], (node, parse_labels(labels).get("gpu", "")))] += 1.0
+    out[(_HEALTH[0], (node,))] = _HEALTH_CODE[view.health]
+    newest = min((s.age_s for s in view.series.values()), default=None)
+    if newest is None:
+        newest = min((s.age_s for s in view.stale), default=math.inf)
+    out[(_AGE[0], (node,))] = newest
+    out[(_STALE[0], (node,))] = float(len(view.stale))
+    return out
 
-    def __init__(self) -> None:
-        self._gauges = _GAUGES
-        self.health, self.age, self.stale = _HEALTH, _AGE, _STALE
-        self.nvlink_down, self.xids = _NVLINK_DOWN, _XIDS
-        self._children: dict[str, set[tuple[Gauge, tuple[str, ...]]]] = defaultdict(set)
 
-    def export(self, view: NodeView, xids: Iterable[tuple[float, str, int]] = ()) -> None:
-        """Set ``view``'s gauges; remove the ones of its series that are now missing/stale."""
-        node = view.node_id
-        now_set: dict[tuple[Gauge, tuple[str, ...]], float] = defaultdict(float)
-        for (name, labels), s in view.series.items():
-            d = parse_labels(labels) if labels else {}
-            if name == "gpu.nvlink_up":
-                key = (self.nvlink_down, (node, d.get("gpu", "")))
-                now_set[key] += 0.0 if s.value else 1.0
-                continue
-            spec = EXPORTED.get(name)
-            if spec is None or "mig" in d:
-                continue
-            _, _, label_names, use_rate = spec
-            values = tuple(node if k == "node" else d.get(k, "") for k in label_names)
-            value = (s.rate or 0.0) if use_rate else s.value
-            if math.isfinite(value):
-                now_set[(self._gauges[name], values)] += value
-        for _, labels, _code in xids:
-            gpu = parse_labels(labels).get("gpu", "")
-            now_set[(self.xids, (node, gpu))] += 1.0
-        for (gauge, values), value in now_set.items():
-            gauge.labels(*values).set(value)
-        for gauge, values in self._children[node] - now_set.keys():
-            try:
-                gauge.remove(*values)
-            except KeyError:
-                pass
-        self._children[node] = set(now_set)
-        self.health.labels(node).set(_HEALTH_CODE[view.health])
-        newest = min((s.age_s for s in view.series.values()), default=None)
-        if newest is None:
-            newest = min((s.age_s for s in view.stale), default=math.inf)
-        self.age.labels(node).set(newest)
-        self.stale.labels(node).set(len(view.stale))
+class SignalCollector(Collector):
+    """Node gauges read from the attached signal tables at scrape time.
 
-    def export_table(self, table: SignalTable, now: float, max_age_s: float) -> None:
-        """Export every node of ``table`` as of ``now``."""
-        for state in table.nodes.values():
-            self.export(state.view(max_age_s, now), state.xids)
+    :param clock: the time a scrape's ages are measured at (``time.time``; tests pass their own).
+    """
 
-    def forget(self, node: str) -> None:
-        """Remove every gauge of ``node`` (it left the cell)."""
-        for gauge, values in self._children.pop(node, set()):
-            try:
-                gauge.remove(*values)
-            except KeyError:
-                pass
-        for g in (self.health, self.age, self.stale):
-            try:
-                g.remove(node)
-            except KeyError:
-                pass
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._tables: list[tuple[SignalTable, float]] = []
+        self._lock = threading.Lock()
+        self._families: dict[str, tuple[str, tuple[str, ...]]] = {
+            metric: (doc, labels) for metric, doc, labels, _ in EXPORTED.values()
+        }
+        for metric, doc in (_HEALTH, _AGE, _STALE):
+            self._families[metric] = (doc, ("node",))
+        for metric, doc in (_NVLINK_DOWN, _XIDS):
+            self._families[metric] = (doc, ("node", "gpu"))
+        for _, labels in self._families.values():
+            check_labels(labels)
+
+    def attach(self, table: SignalTable, max_age_s: float = 30.0) -> None:
+        """Export ``table``'s nodes, leaving out series older than ``max_age_s``."""
+        with self._lock:
+            self._tables = [t for t in self._tables if t[0] is not table] + [(table, max_age_s)]
+
+    def detach(self, table: SignalTable) -> None:
+        with self._lock:
+            self._tables = [t for t in self._tables if t[0] is not table]
+
+    def samples(self) -> dict[Key, float]:
+        """Every sample a scrape would show now (the first table wins a node id twice)."""
+        now = self.clock()
+        out: dict[Key, float] = {}
+        seen: set[str] = set()
+        with self._lock:
+            tables = list(self._tables)
+        for table, max_age_s in tables:
+            for node_id, state in list(table.nodes.items()):
+                if node_id in seen:
+                    continue
+                seen.add(node_id)
+                out.update(node_samples(state.view(max_age_s, now), list(state.xids)))
+        return out
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = {
+            metric: GaugeMetricFamily(metric, doc, labels=labels)
+            for metric, (doc, labels) in self._families.items()
+        }
+        t0 = time.perf_counter()
+        samples = self.samples()
+        for (metric, values), value in sorted(samples.items()):
+            families[metric].add_metric(values, value)
+        elapsed = time.perf_counter() - t0
+        if elapsed > 0.5:
+            logger.info("exporting %d node samples took %.2f s", len(samples), elapsed)
+        yield from families.values()
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        for metric, (doc, labels) in self._families.items():
+            yield GaugeMetricFamily(metric, doc, labels=labels)
+
+
+SIGNALS = SignalCollector()
+"""The process's node-signal collector, registered on :data:`~infermesh.obs.metrics.REGISTRY`."""
+REGISTRY.register(SIGNALS)

@@ -100,11 +100,26 @@ class UnknownNode(UsageError):
         super().__init__(f"no telemetry from node {node_id!r}; nodes with telemetry: {shown}")
 
 
-class _Series:
-    __slots__ = ("ewma", "first_ts", "kind", "rate", "ts", "value")
+# series whose value feeds NodeState.health(): a change clears the cached verdict
+# (temperature only while at or above the overheat limit, where it is part of the reason)
+_HEALTH_ANY, _HEALTH_TEMP = 1, 2
+_HEALTH_WATCH = {
+    "gpu.lost": _HEALTH_ANY,
+    "gpu.remap_failed": _HEALTH_ANY,
+    "gpu.remapped_rows_pending": _HEALTH_ANY,
+    "gpu.ecc_uncorrected": _HEALTH_ANY,
+    "gpu.thermal_throttle": _HEALTH_ANY,
+    "gpu.nvlink_up": _HEALTH_ANY,
+    "gpu.temp_c": _HEALTH_TEMP,
+}
 
-    def __init__(self, kind: int, value: float, ts: float) -> None:
+
+class _Series:
+    __slots__ = ("ewma", "first_ts", "kind", "rate", "ts", "value", "watch")
+
+    def __init__(self, kind: int, value: float, ts: float, watch: int = 0) -> None:
         self.kind = kind
+        self.watch = watch
         self.value = value
         self.ts = ts
         self.first_ts = ts
@@ -173,6 +188,8 @@ class NodeState:
     last_received: float = 0.0
     ingested: int = 0
     late: int = 0
+    _health: tuple[Health, list[str]] | None = None
+    """health()'s last answer, cleared whenever a series it reads changes."""
 
     def ingest(
         self,
@@ -193,9 +210,12 @@ class NodeState:
             s = series.get(key)
             if s is None:
                 kind = _KIND_CODE.get(kind_of(key[0]), _GAUGE_KIND)
-                series[key] = _Series(kind, v, t)
+                watch = _HEALTH_WATCH.get(key[0], 0)
+                series[key] = _Series(kind, v, t, watch)
                 if kind == _EVENT_KIND:
                     self.xids.append((t, key[1], int(v)))
+                if watch or kind == _EVENT_KIND:
+                    self._health = None
                 continue
             dt = t - s.ts
             kind = s.kind
@@ -203,11 +223,18 @@ class NodeState:
                 event = (t, key[1], int(v))
                 if event not in self.xids:  # an agent may re-send; events are rare
                     self.xids.append(event)
+                    self._health = None
                 if dt < 0:
                     continue  # an older event: kept above, the latest value stays
             elif dt < 0:
                 late += 1
                 continue
+            if (
+                s.watch
+                and v != s.value
+                and (s.watch == _HEALTH_ANY or max(v, s.value) >= self.overheat_c)
+            ):
+                self._health = None
             if kind == _GAUGE_KIND:
                 a = 1.0 - exp(-dt / tau)
                 s.ewma += a * (v - s.ewma)  # type: ignore[operator]
@@ -245,7 +272,12 @@ class NodeState:
         )
 
     def health(self) -> tuple[Health, list[str]]:
-        """Derived status and the human reasons, worst first."""
+        """Derived status and the human reasons, worst first (cached between changes)."""
+        if self._health is None:
+            self._health = self._derive_health()
+        return self._health[0], list(self._health[1])
+
+    def _derive_health(self) -> tuple[Health, list[str]]:
         quarantine: list[str] = []
         degraded: list[str] = []
         for ts, labels, code in self.xids:
@@ -383,6 +415,7 @@ class SignalTable:
         state = self._get(node_id)
         n = len(state.xids)
         state.xids.clear()
+        state._health = None
         return n
 
     def forget(self, node_id: str) -> None:

@@ -103,13 +103,15 @@ def test_malformed_registrations_are_rejected_and_write_nothing(coord, client, s
     assert _revision(client) == before and client.list_nodes() == []
 
 
-def _stream(coord, node_id: str, epoch: int, beats: int = 1) -> list[pb.CoordinatorMessage]:
+def _stream(
+    coord, node_id: str, epoch: int, beats: int = 1, want_ack: bool = True
+) -> list[pb.CoordinatorMessage]:
     async def go():
         channel, stub = async_stub(coord.address)
 
         async def requests():
             for seq in range(1, beats + 1):
-                yield pb.AgentHeartbeat(node_id=node_id, epoch=epoch, seq=seq)
+                yield pb.AgentHeartbeat(node_id=node_id, epoch=epoch, seq=seq, want_ack=want_ack)
 
         try:
             return [m async for m in stub.Heartbeat(requests())]
@@ -124,7 +126,7 @@ def test_duplicate_node_id_is_refused_while_the_first_agent_is_live(coord, clien
 
     async def hold_and_register_again():
         channel, stub = async_stub(coord.address)
-        queue: list[pb.AgentHeartbeat] = [pb.AgentHeartbeat(node_id="node-a", epoch=1, seq=1)]
+        queue = [pb.AgentHeartbeat(node_id="node-a", epoch=1, seq=1, want_ack=True)]
 
         async def requests():
             yield queue[0]
@@ -154,6 +156,18 @@ def test_stale_epochs_are_fenced_and_their_reports_dropped(coord, client):
     assert "not registered" in reply.fenced
     (reply,) = _stream(coord, "node-a", epoch=1)
     assert reply.fenced == "" and reply.ack_seq == 1
+    # a stale agent is told even when it did not ask for an answer
+    (reply,) = _stream(coord, "node-a", epoch=7, want_ack=False)
+    assert "epoch 7 is stale" in reply.fenced
+
+
+def test_heartbeats_are_answered_only_when_asked_or_with_something_to_deliver(coord, client):
+    _register(coord, "node-a")
+    assert _stream(coord, "node-a", epoch=1, beats=3, want_ack=False) == []
+    replies = _stream(coord, "node-a", epoch=1, beats=2, want_ack=True)
+    assert [r.ack_seq for r in replies] == [1, 2]
+    assert all(r.received_at > 0 for r in replies)
+    assert client.stats().heartbeats == 5
 
 
 def test_silent_node_goes_suspect_then_dead_then_comes_back_with_a_new_epoch(coord, client):
@@ -228,11 +242,13 @@ def test_submitted_job_is_assigned_through_the_heartbeat_stream(coord, client):
     _register(coord, "node-a")
     reply = client.submit_job(_job())
     assert reply.job.status == "PLACED" and list(reply.job.nodes) == ["node-a"]
-    (message,) = _stream(coord, "node-a", epoch=1)
+    # work is delivered without asking for an answer; then a quiet beat gets none
+    (message,) = _stream(coord, "node-a", epoch=1, beats=2, want_ack=False)
     assert [a.job_id for a in message.assign] == [reply.job.job_id]
+    assert message.ack_seq == 1
     cancelled = client.cancel_job(reply.job.job_id)
     assert cancelled.status == "CANCELLED"
-    (message,) = _stream(coord, "node-a", epoch=1)
+    (message,) = _stream(coord, "node-a", epoch=1, want_ack=False)
     assert list(message.stop_jobs) == [reply.job.job_id]
     detail = client.get_job(reply.job.job_id)
     assert [e.to_state for e in detail.events] == ["PENDING", "PLACED", "CANCELLED"]

@@ -181,7 +181,8 @@ def test_node_certificate_cannot_heartbeat_for_another_node(coord, pki, root):
 def test_node_heartbeats_for_itself_over_mtls(coord, pki, root):
     n1 = client(pki.node("n1"))
     epoch = _register(coord, n1, "n1").epoch
-    replies = _heartbeats(coord, n1, [pb.AgentHeartbeat(node_id="n1", epoch=epoch, seq=1)])
+    beat = pb.AgentHeartbeat(node_id="n1", epoch=epoch, seq=1, want_ack=True)
+    replies = _heartbeats(coord, n1, [beat])
     assert [r.ack_seq for r in replies] == [1]
     assert root.stats().heartbeats == 1
 

@@ -170,6 +170,30 @@ def test_quarantine_lists_degraded_reasons_after_its_own() -> None:
     ]
 
 
+def test_cached_health_follows_every_change_that_matters() -> None:
+    t = SignalTable(overheat_c=85.0)
+    _ingest(t, "a", [("gpu.temp_c", 60.0, 1.0, "gpu=0"), ("gpu.util", 0.5, 1.0, "gpu=0")], 1.0)
+    assert t.health("a") == ("ok", [])
+    _ingest(t, "a", [("gpu.temp_c", 61.0, 2.0, "gpu=0"), ("gpu.util", 0.9, 2.0, "gpu=0")], 2.0)
+    assert t.health("a") == ("ok", [])
+    _ingest(t, "a", [("gpu.temp_c", 86.0, 3.0, "gpu=0")], 3.0)
+    assert t.health("a") == ("degraded", ["GPU 0: overheating at 86 C (limit 85 C)"])
+    _ingest(t, "a", [("gpu.temp_c", 88.0, 4.0, "gpu=0")], 4.0)  # the reason tracks the value
+    assert t.health("a") == ("degraded", ["GPU 0: overheating at 88 C (limit 85 C)"])
+    _ingest(t, "a", [("gpu.temp_c", 70.0, 5.0, "gpu=0")], 5.0)
+    assert t.health("a") == ("ok", [])
+    _ingest(t, "a", [("gpu.ecc_uncorrected", 0.0, 6.0, "gpu=0")], 6.0)
+    assert t.health("a") == ("ok", [])
+    _ingest(t, "a", [("gpu.ecc_uncorrected", 2.0, 7.0, "gpu=0")], 7.0)
+    assert t.health("a") == ("degraded", ["GPU 0: 2 uncorrected ECC errors"])
+    _ingest(t, "a", [("gpu.xid", 79.0, 8.0, "gpu=0")], 8.0)
+    assert t.health("a")[0] == "quarantine"
+    t.health("a")[1].clear()  # a caller's copy: the cached reasons stay
+    assert len(t.health("a")[1]) == 2
+    t.clear_events("a")
+    assert t.health("a") == ("degraded", ["GPU 0: 2 uncorrected ECC errors"])
+
+
 def test_link_bandwidth_per_class_from_collective_timings() -> None:
     t = SignalTable(tau_s=10.0)
     bw = "comm.link_bandwidth_bytes_per_s"

@@ -188,7 +188,7 @@ class ServingEndpoint(_message.Message):
     def __init__(self, url: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., node_id: _Optional[str] = ..., node_status: _Optional[str] = ..., health: _Optional[str] = ...) -> None: ...
 
 class AgentHeartbeat(_message.Message):
-    __slots__ = ("node_id", "epoch", "seq", "sent_at", "telemetry", "jobs", "logs", "endpoints")
+    __slots__ = ("node_id", "epoch", "seq", "sent_at", "telemetry", "jobs", "logs", "endpoints", "want_ack")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,7 @@ class AgentHeartbeat(_message.Message):
     JOBS_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    WANT_ACK_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     epoch: int
     seq: int
@@ -205,7 +206,8 @@ class AgentHeartbeat(_message.Message):
     jobs: _containers.RepeatedCompositeFieldContainer[JobReport]
     logs: _containers.RepeatedCompositeFieldContainer[LogLine]
     endpoints: _containers.RepeatedCompositeFieldContainer[ServingEndpoint]
-    def __init__(self, node_id: _Optional[str] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., jobs: _Optional[_Iterable[_Union[JobReport, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[ServingEndpoint, _Mapping]]] = ...) -> None: ...
+    want_ack: bool
+    def __init__(self, node_id: _Optional[str] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., jobs: _Optional[_Iterable[_Union[JobReport, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[ServingEndpoint, _Mapping]]] = ..., want_ack: _Optional[bool] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("job_id", "spec", "rdzv_endpoint")
