@@ -3,8 +3,9 @@
 One hook object (the ``state`` DDP passes back on every bucket) holds the current plan and
 everything needed to run it:
 
-- **flat** all-reduce over the whole group (``ring``; ``tree`` and ``halving_doubling`` too,
-  see *emulation* below);
+- **flat** all-reduce over the whole group (``ring``, ``tree``, ``halving_doubling``); on NCCL
+  ring and tree run on communicators of their own, created once at start with ``NCCL_ALGO``
+  set to ``Ring`` / ``Tree`` (:mod:`.nccl_groups`);
 - **hierarchical** all-reduce over intra-node and inter-node subgroups created once, at
   start: intra-node reduce-scatter, inter-node all-reduce of the shard, intra-node
   all-gather; and the **leader** variant (reduce to a leader per node, all-reduce among
@@ -29,9 +30,12 @@ or from ``plan_provider`` (the coordinator's plan, or a test's schedule).
 detects stragglers (:mod:`.stragglers`).
 
 **Emulation.** gloo has one all-reduce algorithm (a ring) and no async
-``reduce_scatter_tensor``; NCCL reads ``NCCL_ALGO`` once per process. :func:`emulation_notes`
-says, per backend, which parts of a plan are applied and which are only recorded; records of
-an emulated collective have ``emulated=True``.
+``reduce_scatter_tensor``. NCCL reads ``NCCL_ALGO`` when it initialises each communicator, so
+the hook applies ring and tree through per-algorithm groups; NCCL has no halving-doubling, and
+a user's process-wide ``NCCL_ALGO`` is respected (then no per-algorithm group is created).
+:func:`emulation_notes` (and :meth:`MeshHook.emulation_notes`, for one hook) says which parts
+of a plan are applied and which are only recorded; records of an emulated collective have
+``emulated=True``.
 
 Invariants DDP needs: the hook divides by the world size itself, every rank runs the same
 collectives in the same order (the plan and the buckets are the same on every rank), and each
@@ -44,7 +48,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +62,7 @@ from infermesh.obs import metrics
 from infermesh.signal import collective
 from infermesh.signal.collective import CollectiveRecord
 from infermesh.train.heartbeat import heartbeat
+from infermesh.train.hooks.nccl_groups import NCCL_ALGO, NCCL_ALGO_ENV, build_algorithm_groups
 from infermesh.train.hooks.stragglers import StragglerDetector, StragglerEvent
 from infermesh.train.planning import (
     Algorithm,
@@ -178,8 +183,17 @@ class MeshHookConfig:
         )
 
 
-def emulation_notes(backend: str) -> list[str]:
-    """Which parts of a plan the backend applies, and which are only recorded."""
+def emulation_notes(
+    backend: str,
+    nccl_groups: Collection[Algorithm] = tuple(NCCL_ALGO),
+    no_group_reason: str = "",
+) -> list[str]:
+    """Which parts of a plan the backend applies, and which are only recorded.
+
+    On NCCL, ``nccl_groups`` are the algorithms that have a communicator of their own (by
+    default ring and tree, as :class:`MeshHook` builds them); ``no_group_reason`` says why the
+    others of :data:`~.nccl_groups.NCCL_ALGO` have none.
+    """
     if backend == "gloo":
         return [
             "ring: gloo's all_reduce (a ring) -- applied",
@@ -191,22 +205,26 @@ def emulation_notes(backend: str) -> list[str]:
             "hierarchical_leader, fusion, fp16/bf16, powersgd: applied",
         ]
     if backend == "nccl":
+        notes = []
+        for algorithm, value in NCCL_ALGO.items():
+            if algorithm in nccl_groups:
+                notes.append(
+                    f"{algorithm.value}: NCCL's all_reduce on a communicator created with "
+                    f"NCCL_ALGO={value} -- applied"
+                )
+            else:
+                notes.append(
+                    f"{algorithm.value}: no communicator of its own ({no_group_reason}); run as "
+                    "NCCL's all_reduce on the model's group and recorded as emulated"
+                )
         return [
-            "ring, tree, halving_doubling: run as NCCL's all_reduce with the process's "
-            "NCCL_ALGO; per-plan communicators are not built yet, so the choice is recorded, "
-            "not applied",
+            *notes,
+            "halving_doubling: NCCL has no such algorithm; run as NCCL's all_reduce on the "
+            "model's group (NCCL's own choice) and recorded as emulated",
             "hierarchical (reduce_scatter_tensor), hierarchical_leader, fusion, fp16/bf16, "
-            "powersgd: applied",
+            "powersgd: applied, on the model's group and the two-level subgroups",
         ]
     return [f"{backend}: every algorithm runs as the backend's all_reduce (recorded only)"]
-
-
-def _emulated(backend: str, algorithm: Algorithm) -> bool:
-    if algorithm in (Algorithm.TREE, Algorithm.HALVING_DOUBLING):
-        return True
-    if backend == "gloo":
-        return algorithm is Algorithm.HIERARCHICAL
-    return backend != "nccl" or algorithm is Algorithm.RING
 
 
 class MeshHook:
@@ -219,7 +237,10 @@ class MeshHook:
         *,
         plan_provider: PlanProvider | None = None,
         process_group: dist.ProcessGroup | None = None,
+        device: torch.device | None = None,
     ) -> None:
+        """``device``: this rank's GPU on NCCL (default: the current CUDA device); the
+        per-algorithm communicators are created for it, so pass the gradients' device."""
         self.config = config = config or MeshHookConfig()
         self.pg = process_group
         self.rank = dist.get_rank(process_group)
@@ -271,6 +292,14 @@ class MeshHook:
                     f"gpus_per_node={self.world} for one flat group"
                 )
             self._build_subgroups(job.nodes, g)
+        self.algorithm_groups: dict[Algorithm, dist.ProcessGroup] = {}
+        """On NCCL: the group of each algorithm whose communicator runs it (ring, tree)."""
+        self.no_group_reason = ""
+        """On NCCL: why an algorithm of ``NCCL_ALGO`` has no group of its own."""
+        if self.backend == "nccl":
+            if device is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+            self._build_algorithm_groups(device)
         self._psgd: PowerSGDState | None = None
         self._pending: list[torch.Tensor] = []
         self._waiting: list[torch.futures.Future[torch.Tensor]] = []
@@ -292,6 +321,58 @@ class MeshHook:
             group = dist.new_group([node * g + local for node in range(nodes)])
             if local == self.local_index:
                 self._inter = group
+
+    def _build_algorithm_groups(self, device: torch.device) -> None:
+        """NCCL: one group per algorithm of ``NCCL_ALGO`` the planner may use (all ranks).
+
+        Not when ``NCCL_ALGO`` is set for the process on any rank (every communicator follows
+        it; the ranks agree first, as ``new_group`` must be called by all of them or none), nor
+        when the model's group is not the whole world (``new_group`` is called by every rank
+        of the default group, which would need the same groups on every rank).
+        """
+        user_algo = os.environ.get(NCCL_ALGO_ENV)
+        flag = torch.tensor([0.0 if user_algo is None else 1.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.pg)
+        if flag.item() > 0:
+            self.no_group_reason = (
+                f"NCCL_ALGO={user_algo} is set for the process"
+                if user_algo is not None
+                else "NCCL_ALGO is set for another rank's process"
+            )
+            if self.rank == 0:
+                logger.warning(
+                    "%s: it decides every NCCL all-reduce, so the mesh hook creates no "
+                    "per-algorithm communicators and records ring and tree as emulated; unset "
+                    "it to let collective plans choose",
+                    self.no_group_reason,
+                )
+            return
+        if self.world != dist.get_world_size():
+            self.no_group_reason = "the model's process group is not the default group"
+            return
+        self.no_group_reason = "not among the hook's algorithms"
+        self.algorithm_groups = build_algorithm_groups(self.planner_config.algorithms, device)
+
+    def emulation_notes(self) -> list[str]:
+        """:func:`emulation_notes` for this hook's backend and communicators."""
+        return emulation_notes(self.backend, self.algorithm_groups.keys(), self.no_group_reason)
+
+    def _flat_group(self, algorithm: Algorithm) -> tuple[dist.ProcessGroup | None, bool]:
+        """The group that runs a flat ``algorithm``, and whether it only emulates it."""
+        if self.backend == "gloo":
+            return self.pg, algorithm is not Algorithm.RING
+        group = self.algorithm_groups.get(algorithm)
+        if group is None:
+            return self.pg, True
+        return group, False
+
+    def _emulates(self, algorithm: Algorithm) -> bool:
+        """Whether this hook runs something else in place of ``algorithm`` (see the notes)."""
+        if algorithm.two_level:
+            if self.backend == "gloo":
+                return algorithm is Algorithm.HIERARCHICAL
+            return self.backend != "nccl"
+        return self._flat_group(algorithm)[1]
 
     # -- the hook ---------------------------------------------------------------------------
 
@@ -381,7 +462,7 @@ class MeshHook:
                     choice.label(),
                     self.predict(choice) * 1e3,
                     " (emulated on " + self.backend + ")"
-                    if _emulated(self.backend, choice.algorithm)
+                    if self._emulates(choice.algorithm)
                     else "",
                 )
             self.version, self.choice = version, choice
@@ -500,8 +581,9 @@ class MeshHook:
         elif choice.algorithm is Algorithm.HIERARCHICAL_LEADER:
             fut = self._leader(send)
         else:
-            work = dist.all_reduce(send, group=self.pg, async_op=True)
-            fut = self._timed(work, "world", send, send, _emulated(self.backend, choice.algorithm))
+            group, emulated = self._flat_group(choice.algorithm)
+            work = dist.all_reduce(send, group=group, async_op=True)
+            fut = self._timed(work, "world", send, send, emulated)
         if send is flat:
             return fut
         return fut.then(lambda f: flat.copy_(f.value()))
@@ -615,7 +697,14 @@ def prepare(
     if fixed and plan_provider is None:
         choice = parse_plan_choice(fixed, job.grad_bytes)
         plan_provider = lambda step: choice  # noqa: E731
-    hook = MeshHook(job, config, plan_provider=plan_provider, process_group=pg)
+    device = next((p.device for p in model.module.parameters()), None)
+    hook = MeshHook(
+        job,
+        config,
+        plan_provider=plan_provider,
+        process_group=pg,
+        device=device if device is not None and device.type == "cuda" else None,
+    )
     model.register_comm_hook(hook, mesh_comm_hook)
     if hook.rank == 0:
         logger.info(
@@ -624,6 +713,6 @@ def prepare(
             g,
             format_bytes(grad_bytes),
             hook.backend,
-            "; ".join(emulation_notes(hook.backend)),
+            "; ".join(hook.emulation_notes()),
         )
     return hook
