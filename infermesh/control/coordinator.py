@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 STRAGGLER = "train.straggler"
 KEEP_REVISIONS = 10_000
+_QUARANTINE, _QUARANTINED = Health.QUARANTINE.value, NodeStatus.QUARANTINED.value
 """Store history kept for watches; older revisions are compacted every minute."""
 TELEMETRY = counter("infermesh_coordinator_samples", "Telemetry samples ingested", ("cell",))
 
@@ -105,6 +106,7 @@ class Coordinator:
         self.endpoints: dict[str, list[pb.ServingEndpoint]] = {}
         """Model servers per node, as the node's last heartbeat declared them."""
         self._telemetry = TELEMETRY.labels(cell=self.cell)
+        self._health_seen: dict[str, int] = {}  # node -> NodeState.health_version copied
         await self.records.load_events()
         await self.membership.load()
         await self.jobs.load()
@@ -154,20 +156,23 @@ class Coordinator:
 
     # -- heartbeat payload -----------------------------------------------------------------
     async def on_heartbeat(self, entry: NodeEntry, beat: pb.AgentHeartbeat) -> None:
-        self.endpoints[entry.node_id] = list(beat.endpoints)
+        node_id = entry.node_id
+        if beat.endpoints or node_id in self.endpoints:
+            self.endpoints[node_id] = list(beat.endpoints)
         t = beat.telemetry
-        if t.name:
+        names = list(t.name)  # once: every read of a protobuf string column builds new strs
+        if names:
             try:
                 accepted = self.signals.ingest(
-                    entry.node_id, t.name, t.value, t.ts, t.labels, received_at=time.time()
+                    node_id, names, t.value, t.ts, t.labels, received_at=time.time()
                 )
             except UsageError as error:
-                logger.warning("dropped telemetry from %s: %s", entry.node_id, error)
+                logger.warning("dropped telemetry from %s: %s", node_id, error)
                 accepted = 0
             self._telemetry.inc(accepted)
             await self._apply_health(entry)
-            if STRAGGLER in t.name:
-                for name, value, labels in zip(t.name, t.value, t.labels, strict=True):
+            if STRAGGLER in names:
+                for name, value, labels in zip(names, t.value, t.labels, strict=True):
                     if name == STRAGGLER:
                         await self._straggler(entry, value, parse_labels(labels))
         for report in beat.jobs:
@@ -199,11 +204,18 @@ class Coordinator:
             SIGNALS.detach(self.signals)
 
     async def _apply_health(self, entry: NodeEntry) -> None:
-        health, reasons = self.signals.health(entry.node_id)
-        reason = "; ".join(reasons)
-        entry.node.health, entry.node.health_reason = health.value, reason
-        if health is Health.QUARANTINE and entry.node.admin != NodeStatus.QUARANTINED.value:
-            await self.membership.set_admin(entry.node_id, "quarantine", reason)
+        """Copy the node's derived health into its record (when it changed); quarantine it
+        while its health says so and it is not quarantined (an operator may undrain it)."""
+        node_id = entry.node_id
+        state = self.signals.nodes.get(node_id)
+        if state is None:
+            return
+        if self._health_seen.get(node_id) != state.health_version:
+            self._health_seen[node_id] = state.health_version
+            health, reasons = state.health()
+            entry.node.health, entry.node.health_reason = health.value, "; ".join(reasons)
+        if entry.node.health == _QUARANTINE and entry.node.admin != _QUARANTINED:
+            await self.membership.set_admin(node_id, "quarantine", entry.node.health_reason)
 
     async def set_node_state(self, node_id: str, action: str, reason: str) -> pb.Node:
         if action == "undrain" and node_id in self.signals.nodes:

@@ -38,6 +38,7 @@ HEARTBEATS = counter("infermesh_coordinator_heartbeats", "Heartbeats received", 
 TRANSITIONS = counter(
     "infermesh_node_transitions", "Node status changes by new status", ("cell", "node")
 )
+_DEAD = NodeStatus.DEAD  # the hot path reads a module global, not the enum class's attribute
 NODES = gauge("infermesh_nodes", "Nodes known to the coordinator", ("cell",))
 
 
@@ -207,7 +208,7 @@ class Membership:
         entry = self.nodes.get(node_id)
         if entry is None:
             raise StaleEpoch(f"node {node_id!r} is not registered; register first")
-        if epoch != entry.node.epoch or entry.liveness is NodeStatus.DEAD:
+        if epoch != entry.node.epoch or entry.liveness is _DEAD:
             raise StaleEpoch(
                 f"node {node_id!r}: epoch {epoch} is stale (current {entry.node.epoch}, "
                 f"status {entry.shown_status().value}); register again"

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 tracer = get_tracer(__name__)
 T = TypeVar("T")
+_SUSPECT = NodeStatus.SUSPECT
 
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (DuplicateNode, grpc.StatusCode.ALREADY_EXISTS),
@@ -114,7 +115,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 if not node_id:
                     node_id, epoch = beat.node_id, beat.epoch
                     entry.stream_open = True
-                if entry.liveness is NodeStatus.SUSPECT:
+                if entry.liveness is _SUSPECT:
                     await self.membership.revive(entry)
                 await self.c.on_heartbeat(entry, beat)
                 # no answer unless there is something to say: replies cost as much as beats

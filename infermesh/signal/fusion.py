@@ -190,6 +190,12 @@ class NodeState:
     late: int = 0
     _health: tuple[Health, list[str]] | None = None
     """health()'s last answer, cleared whenever a series it reads changes."""
+    health_version: int = 0
+    """Counts those changes: a reader that saw this version has seen the current health."""
+
+    def _health_changed(self) -> None:
+        self._health = None
+        self.health_version += 1
 
     def ingest(
         self,
@@ -215,7 +221,7 @@ class NodeState:
                 if kind == _EVENT_KIND:
                     self.xids.append((t, key[1], int(v)))
                 if watch or kind == _EVENT_KIND:
-                    self._health = None
+                    self._health_changed()
                 continue
             dt = t - s.ts
             kind = s.kind
@@ -223,7 +229,7 @@ class NodeState:
                 event = (t, key[1], int(v))
                 if event not in self.xids:  # an agent may re-send; events are rare
                     self.xids.append(event)
-                    self._health = None
+                    self._health_changed()
                 if dt < 0:
                     continue  # an older event: kept above, the latest value stays
             elif dt < 0:
@@ -234,7 +240,7 @@ class NodeState:
                 and v != s.value
                 and (s.watch == _HEALTH_ANY or max(v, s.value) >= self.overheat_c)
             ):
-                self._health = None
+                self._health_changed()
             if kind == _GAUGE_KIND:
                 a = 1.0 - exp(-dt / tau)
                 s.ewma += a * (v - s.ewma)  # type: ignore[operator]
@@ -415,7 +421,7 @@ class SignalTable:
         state = self._get(node_id)
         n = len(state.xids)
         state.xids.clear()
-        state._health = None
+        state._health_changed()
         return n
 
     def forget(self, node_id: str) -> None:
