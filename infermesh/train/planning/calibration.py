@@ -17,7 +17,7 @@ that never ran, uses measured link figures. It reads two kinds of input:
   such as ``comm.link_bandwidth_bytes_per_s{link=intra|inter|world}`` from the cell's signal
   plane; one equation ``1/B = 1/figure`` (``world``: of the slower class).
 
-The fit is least squares over the recent equations, each relative to its measured value, with
+The fit is least squares over the recent equations, each relative to its input's mean, with
 a weak pull towards the profile's figures (the prior): what the data determine follows the
 data, what they do not (for instance the latency, when every message has the same size) stays
 at the profile's figure. Figures may not fall below ``1/1000`` of the profile's (a latency or
@@ -80,7 +80,7 @@ class LinkCalibration:
         job: JobShape,
         *,
         history: int = 200,
-        prior_weight: float = 1e-6,
+        prior_weight: float = 1e-8,
     ) -> None:
         if history < 1:
             raise UsageError(f"history must be >= 1, got {history}")
@@ -149,10 +149,10 @@ class LinkCalibration:
         p = self.prior
         return [p.intra.latency_s, 1 / p.intra.bandwidth_Bps, p.inter.latency_s, 1 / p.node_Bps]
 
-    def _rows(self, links: LinkModel) -> list[tuple[list[float], float]]:
-        """``(coefficients on the relative unknowns, measured seconds)`` per equation."""
+    def _rows(self, links: LinkModel) -> list[tuple[list[float], float, float]]:
+        """``(coefficients on the relative unknowns, measured value, its input's mean)``."""
         scale = self._prior_scale()
-        rows: list[tuple[list[float], float]] = []
+        rows: list[tuple[list[float], float, float]] = []
 
         def slots(link: str, share: int) -> tuple[int, int, float]:
             """Latency slot, bandwidth slot and bandwidth divisor of a term on ``link``."""
@@ -166,6 +166,7 @@ class LinkCalibration:
             return _A_INTER, _B_INTER, 1.0 / share
 
         for recent in self._timings.values():
+            mean = sum(t.seconds for t in recent) / len(recent)
             for t in recent:
                 group = [c for c in self._collectives(t.algorithm, 1.0) if c.group == t.group]
                 per_byte = sum(c.recorded_bytes for c in group)  # recorded bytes per payload byte
@@ -177,15 +178,16 @@ class LinkCalibration:
                         lat, bw, divisor = slots(term.link, term.share)
                         coef[lat] += allreduces * term.messages * scale[lat]
                         coef[bw] += allreduces * term.wire_bytes * payload * scale[bw] / divisor
-                rows.append((coef, t.seconds))
+                rows.append((coef, t.seconds, mean))
         for link, figures in self._bandwidths.items():
             _, bw, divisor = slots(link, 1)
+            mean = sum(1.0 / v for v in figures) / len(figures)
             for value in figures:
                 coef = [0.0] * 4
                 if bw == _B_INTER and link != "world":
                     divisor = 1.0 / self.prior.nics  # a per-NIC figure: the node has nics
                 coef[bw] = scale[bw] / divisor
-                rows.append((coef, 1.0 / value))
+                rows.append((coef, 1.0 / value, mean))
         return rows
 
     def fit(self) -> LinkModel:
@@ -200,7 +202,7 @@ class LinkCalibration:
 
     def _links(self, z: list[float]) -> LinkModel:
         s, p = self._prior_scale(), self.prior
-        measured = {slot for row, _ in self._rows(p) for slot, c in enumerate(row) if c}
+        measured = {slot for row, _, _ in self._rows(p) for slot, c in enumerate(row) if c}
         intra, inter = p.intra, p.inter
         if measured & {_A_INTRA, _B_INTRA}:
             intra = Link(intra.cls, z[_A_INTRA] * s[_A_INTRA], 1 / (z[_B_INTRA] * s[_B_INTRA]),
@@ -220,8 +222,12 @@ class LinkCalibration:
         return f"{', '.join(parts)} ({self.samples} samples)"
 
 
-def _solve(rows: list[tuple[list[float], float]], weight: float) -> list[float]:
-    """Minimise mean((row . z / y - 1)^2) + weight * |z - 1|^2 with z >= floor."""
+def _solve(rows: list[tuple[list[float], float, float]], weight: float) -> list[float]:
+    """Minimise mean(((row . z - y) / scale)^2) + weight * |z - 1|^2 with z >= floor.
+
+    Each residual is relative to the mean of its input (one algorithm's group, or one link's
+    figures), not to its own value: relative to itself, noisy timings would bias the fit low.
+    """
     k = 4
     fixed: dict[int, float] = {}
     while True:
@@ -229,9 +235,9 @@ def _solve(rows: list[tuple[list[float], float]], weight: float) -> list[float]:
         ata = [[weight * (i == j) for j in free] for i in free]
         atb = [weight for _ in free]
         m = max(1, len(rows))
-        for coef, y in rows:
-            rel = [c / y for c in coef]
-            rhs = 1.0 - sum(rel[i] * v for i, v in fixed.items())
+        for coef, y, mean in rows:
+            rel = [c / mean for c in coef]
+            rhs = y / mean - sum(rel[i] * v for i, v in fixed.items())
             for a, i in enumerate(free):
                 atb[a] += rel[i] * rhs / m
                 for b, j in enumerate(free):
