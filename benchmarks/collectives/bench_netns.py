@@ -6,7 +6,10 @@ by a ``tbf`` qdisc (default 1 Gbit/s); the two ranks of a "node" talk over its l
 fixed plan (``INFERMESH_COLLECTIVE_PLAN``) and the planner (cost model ``veth-1g`` or
 ``veth-100m`` to match ``--rate``, re-planning from measurements). It prints a Markdown
 table: steady-state ms/step, speed-up over flat ring, the hook's measured collective ms/step
-and the cost model's prediction.
+(and its split by group), the cost model's prediction with the profile's links and with the
+links fitted from the run's own timings; then, as the model's figure of merit, every plan
+predicted from the links each run fitted, against the time that plan measured in its own run
+(out of sample except on the diagonal). It prints the load average before and after.
 
 Needs root (namespaces, tc); without it the script says so and exits 0.
 
@@ -34,8 +37,10 @@ PROFILE_OF_RATE = {"1gbit": "veth-1g", "100mbit": "veth-100m"}
 PLANS = ("ring/none", "hierarchical/none", "hierarchical_leader/none", "planner")
 STEP_RE = re.compile(r"step (\d+)/\d+ loss [\d.]+ [\d.]+k tok/s ([\d.]+) ms/step")
 COMM_RE = re.compile(
-    r"steps \d+-\d+: (\S+) collectives ([\d.]+) ms/step measured, ([\d.]+) predicted"
+    r"steps \d+-\d+: (\S+) collectives ([\d.]+) ms/step measured \(([^)]*)\), ([\d.]+) predicted"
 )
+PROFILE_RE = re.compile(r"step 0: collective plan v1 \S+, predicted ([\d.]+) ms/step")
+LINKS_RE = re.compile(r"step \d+: links (.*?) \(\d+ samples\); model ms/step: (.*)")
 
 
 def _sh(*args: str) -> None:
@@ -94,13 +99,37 @@ def run_plan(
         raise RuntimeError(f"{plan}: a node failed:\n{outputs[0][-3000:]}\n{outputs[1][-3000:]}")
     step_ms = STEP_RE.findall(outputs[0])
     comm = COMM_RE.findall(outputs[0])
+    profile = PROFILE_RE.findall(outputs[0])
+    links = LINKS_RE.findall(outputs[0])
+    plans = re.findall(r"collective plan (v\d+ \S+)", outputs[0])
     return {
         "plan": plan,
         "ran": comm[-1][0] if comm else "?",
         "ms_step": step_ms[-1][1],
         "comm_ms": comm[-1][1] if comm else "?",
-        "predicted_ms": comm[-1][2] if comm else "?",
+        "groups": comm[-1][2] if comm else "?",
+        "profile_ms": profile[0] if profile and len(plans) == 1 else "?",
+        "predicted_ms": comm[-1][3] if comm else "?",
+        "links": links[-1][0] if links else "?",
+        "model": dict(_pairs(links[-1][1])) if links else {},
+        "history": ", ".join(plans),
     }
+
+
+def _pairs(text: str) -> list[tuple[str, float]]:
+    """``ring/none/3.1MiB 41.20, hierarchical/none/3.1MiB 43.10`` -> [(label, ms), ...]."""
+    out = []
+    for part in text.split(", "):
+        label, _, ms = part.rpartition(" ")
+        out.append((label, float(ms)))
+    return out
+
+
+def _err(predicted: str | float, measured: str | float) -> str:
+    try:
+        return f"{float(predicted) / float(measured) - 1:+.0%}"
+    except ValueError:
+        return "-"
 
 
 def main() -> int:
@@ -122,6 +151,7 @@ def main() -> int:
         known = ", ".join(PROFILE_OF_RATE)
         parser.error(f"--rate {args.rate}: no link profile for it; use one of {known}")
     setup(args.rate)
+    load_before = os.getloadavg()
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -132,21 +162,36 @@ def main() -> int:
                 print(f"# {rows[-1]}", file=sys.stderr, flush=True)
     finally:
         teardown()
+    load_after = os.getloadavg()
     ring = next((float(r["ms_step"]) for r in rows if r["plan"] == "ring/none"), None)
     print(f"\n{args.rate} between 2 nodes x 2 ranks (gloo), {args.steps} steps, "
-          f"job overrides: {' '.join(overrides)}\n")  # fmt: skip
+          f"job overrides: {' '.join(overrides)}; load average (1, 5, 15 min) "
+          f"{' '.join(f'{x:.2f}' for x in load_before)} before, "
+          f"{' '.join(f'{x:.2f}' for x in load_after)} after\n")  # fmt: skip
     print(
-        "| plan | ran | ms/step (last window) | vs ring | collectives ms/step | predicted | error |"
+        "| plan | ran | ms/step (last window) | vs ring | collectives ms/step (by group) "
+        "| profile model | error | fitted model | error |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         speedup = f"{ring / float(r['ms_step']):.2f}x" if ring else "-"
-        try:
-            err = f"{float(r['predicted_ms']) / float(r['comm_ms']) - 1:+.0%}"
-        except ValueError:
-            err = "-"
-        print(f"| {r['plan']} | {r['ran']} | {r['ms_step']} | {speedup} | {r['comm_ms']} | "
-              f"{r['predicted_ms']} | {err} |")  # fmt: skip
+        print(f"| {r['plan']} | {r['ran']} | {r['ms_step']} | {speedup} | {r['comm_ms']} "
+              f"({r['groups']}) | {r['profile_ms']} | {_err(r['profile_ms'], r['comm_ms'])} "
+              f"| {r['predicted_ms']} | {_err(r['predicted_ms'], r['comm_ms'])} |")  # fmt: skip
+    planner = next((r for r in rows if r["plan"] == "planner"), None)
+    if planner:
+        print(f"\nplanner's plans: {planner['history']}")
+    measured = {r["ran"]: r["comm_ms"] for r in rows if r["plan"] != "planner"}
+    print("\nModel error by plan (predicted from the links a run fitted / measured - 1):\n")
+    print("| links fitted in run | fitted links | " + " | ".join(measured) + " |")
+    print("|---|---|" + "---|" * len(measured))
+    for r in rows:
+        cells = [
+            f"{r['model'][label]:.1f} ({_err(r['model'][label], ms)})" if label in r["model"]
+            else "-"
+            for label, ms in measured.items()
+        ]  # fmt: skip
+        print(f"| {r['plan']} | {r['links']} | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -11,8 +11,10 @@ from infermesh.core.errors import InferMeshError, UsageError
 from infermesh.train.planning import (
     PROFILES,
     Algorithm,
+    Backend,
     Compression,
     JobShape,
+    LinkCalibration,
     PlannerConfig,
     describe,
     format_bytes,
@@ -41,18 +43,28 @@ def plan_text(
     algorithms: str = "",
     as_json: bool = False,
     measured: dict[str, float] | None = None,
+    backend: str = "nccl",
 ) -> str:
     """What ``infermesh topo plan`` prints; raises UsageError on bad input.
 
-    ``measured`` (bytes/s by link class) replaces the profile's bandwidths, keeping its
-    latencies.
+    ``measured`` (bytes/s by link class: ``intra``, ``inter``, ``world``) calibrates the
+    profile's links through :class:`LinkCalibration`, the fit the comm hook runs on its own
+    timings: measured bandwidths replace the profile's, latencies stay the profile's.
     """
+    n = parse_bytes(grad_bytes)
+    job = JobShape(
+        nodes,
+        gpus_per_node,
+        n,
+        bucket_bytes=min(parse_bytes(bucket), n),
+        backend=parse_choice(Backend, backend, "backend"),
+    )
     links = link_profile(profile)
     if measured:
-        links = links.with_measured(
-            intra=(links.intra.latency_s, measured["intra"]) if "intra" in measured else None,
-            inter=(links.inter.latency_s, measured["inter"]) if "inter" in measured else None,
-        )
+        calibration = LinkCalibration(links, job)
+        for link, bytes_per_s in measured.items():
+            calibration.add_bandwidth(link, bytes_per_s)
+        links = calibration.fit()
     config = PlannerConfig(
         algorithms=tuple(parse_choice(Algorithm, a, "algorithm") for a in _names(algorithms))
         or tuple(Algorithm),
@@ -60,8 +72,6 @@ def plan_text(
             parse_choice(Compression, c, "compression") for c in _names(compressions)
         ),
     )
-    n = parse_bytes(grad_bytes)
-    job = JobShape(nodes, gpus_per_node, n, bucket_bytes=min(parse_bytes(bucket), n))
     plan = plan_collectives(job, links, config=config)
     if as_json:
         return json.dumps(plan.to_dict(), indent=2)
@@ -91,7 +101,7 @@ def live_shape(job_id: str, coordinator: str | None) -> tuple[str, int, int, str
     nproc = job.spec.nproc_per_node
     nodes = max(1, job.world_size // nproc if job.world_size else len(job.nodes))
     total = 0.0
-    bandwidth: dict[str, list[float]] = {"intra": [], "inter": []}
+    bandwidth: dict[str, list[float]] = {"intra": [], "inter": [], "world": []}
     for detail in details:
         for sig in detail.signals:
             if sig.name == "comm.allreduce_bytes" and f"job={job_id}" in sig.labels:
@@ -138,6 +148,9 @@ def plan(
     algorithm: str = typer.Option(
         "", "--algorithm", help="Algorithms allowed, comma-separated (default: all)."
     ),
+    backend: str = typer.Option(
+        "nccl", "--backend", help="Backend running the collectives (nccl, gloo): what to price."
+    ),
     coordinator: str | None = typer.Option(
         None, "--coordinator", help="With JOB: the cell (default $INFERMESH_COORDINATOR)."
     ),
@@ -177,6 +190,7 @@ def plan(
             algorithm,
             as_json,
             measured,
+            backend,
         )
         typer.echo(text if as_json or not head else head + "\n" + text)
     except UsageError as exc:

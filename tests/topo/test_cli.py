@@ -72,3 +72,19 @@ def test_the_planner_is_pure_and_imports_neither_torch_nor_other_subsystems() ->
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_topo_plan_fits_measured_bandwidths_like_the_hook_and_prices_gloo() -> None:
+    from infermesh.cli.topo import plan_text
+
+    args = (2, 2, "veth-1g", "3MiB")
+    profile = json.loads(plan_text(*args, as_json=True, backend="gloo"))
+    assert profile["choice"]["algorithm"] == "hierarchical"  # the profile's loopback is fast
+    slow = plan_text(*args, as_json=True, measured={"intra": 50e6}, backend="gloo")
+    assert json.loads(slow)["choice"]["algorithm"] == "ring"
+
+
+def test_topo_plan_rejects_an_unknown_backend() -> None:
+    result = CliRunner().invoke(app, [*SHAPE, "--bytes", "1MB", "--backend", "mpi"])
+    assert result.exit_code == 2
+    assert "unknown backend 'mpi'; known: nccl, gloo" in result.stderr

@@ -49,7 +49,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -66,6 +66,7 @@ from infermesh.train.hooks.nccl_groups import NCCL_ALGO, NCCL_ALGO_ENV, build_al
 from infermesh.train.hooks.stragglers import StragglerDetector, StragglerEvent
 from infermesh.train.planning import (
     Algorithm,
+    Backend,
     CollectivePlan,
     Compression,
     JobShape,
@@ -134,7 +135,8 @@ class MeshHookConfig:
     link_profile: str | None = None
     """Hardware profile of the cost model (``infermesh topo plan --help`` lists them);
     default ``$INFERMESH_LINK_PROFILE``, else ``cpu-loopback`` on gloo and
-    ``h100-nvlink-400g`` on NCCL. Measured collective times correct it as training runs."""
+    ``h100-nvlink-400g`` on NCCL. The measured collectives calibrate its link figures as
+    training runs (rank 0 re-fits them every ``replan_every`` steps)."""
 
     fixed_plan: str | None = None
     """Run this plan instead of planning: ``algorithm/compression[/window]``, e.g.
@@ -200,8 +202,8 @@ def emulation_notes(
             "tree, halving_doubling: gloo has no such all_reduce; run as gloo's ring and "
             "recorded as emulated",
             "hierarchical: intra-node reduce-scatter emulated by an intra-node all_reduce "
-            "(gloo has no async reduce_scatter_tensor); inter-node all-reduce and all-gather "
-            "applied",
+            "(gloo has no async reduce_scatter_tensor; the cost model prices that all_reduce); "
+            "inter-node all-reduce and all-gather applied",
             "hierarchical_leader, fusion, fp16/bf16, powersgd: applied",
         ]
     if backend == "nccl":
@@ -252,7 +254,10 @@ class MeshHook:
                 f"gpus_per_node={g} does not divide the world of {self.world} ranks into nodes; "
                 "set gpus_per_node to the ranks per node"
             )
-        self.job = job
+        # the cost model prices what runs on this backend (gloo emulates some steps)
+        self.job = job = replace(
+            job, backend=Backend.GLOO if self.backend == "gloo" else Backend.NCCL
+        )
         self.node, self.local_index = divmod(self.rank, g)
         profile = (
             config.link_profile
@@ -307,7 +312,9 @@ class MeshHook:
         self._new_step = True
         self._step_start: float | None = None
         self._step_comm = 0.0
+        self._step_groups: dict[str, list[float]] = {}  # group -> [bytes, seconds, calls]
         self._window = [0.0, 0.0, 0]  # busy seconds, collective seconds, steps
+        self._window_groups: dict[str, float] = {}  # group -> collective seconds
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -410,9 +417,13 @@ class MeshHook:
             self._window[0] += max(step_s - comm_s, 0.0)
             self._window[1] += comm_s
             self._window[2] += 1
+            for group, (_, seconds, _) in self._step_groups.items():
+                self._window_groups[group] = self._window_groups.get(group, 0.0) + seconds
             if self.replanner is not None and self.choice is not None:
                 self.replanner.observe(self.choice, comm_s)
-        self._step_start, self._step_comm = now, 0.0
+                for group, (nbytes, seconds, calls) in self._step_groups.items():
+                    self.replanner.observe_group(self.choice, group, nbytes, seconds, int(calls))
+        self._step_start, self._step_comm, self._step_groups = now, 0.0, {}
         if self.step % self.config.replan_every == 0:
             self._agree(device)
 
@@ -423,13 +434,40 @@ class MeshHook:
             if self.choice is None and wanted is None:
                 assert self.replanner is not None
                 wanted = self.replanner.plan.choice
+            if self.step > 0:
+                self._calibrate()
             if wanted is None or wanted == self.choice:
                 assert self.choice is not None
                 return self.version, self.choice
             return self.version + 1, wanted
         assert self.replanner is not None
         plan = self.replanner.maybe_replan(self.step)
+        if self.step > 0:
+            self._log_links()
         return plan.version, plan.choice
+
+    def _calibrate(self) -> None:
+        """Rank 0 under a fixed plan: fit the links anyway (predictions, logs)."""
+        assert self.replanner is not None
+        self.replanner.calibrate()
+        self._log_links()
+
+    def _log_links(self) -> None:
+        """Rank 0: the fitted links and every plan's model time with them."""
+        replanner = self.replanner
+        assert replanner is not None
+        if not replanner.calibrated:
+            return
+        predictions = ", ".join(
+            f"{alt.choice.label()} {self.predict(alt.choice) * 1e3:.2f}"
+            for alt in replanner.plan.alternatives
+        )
+        logger.info(
+            "step %d: links %s; model ms/step: %s",
+            self.step,
+            replanner.calibration.describe(replanner.links),
+            predictions,
+        )
 
     def _agree(self, device: torch.device) -> None:
         """One all_gather: rank 0's plan to everyone, every rank's timings to everyone."""
@@ -470,12 +508,17 @@ class MeshHook:
             _PLAN_VERSION.labels(**self._labels).set(version)
         if steps and self.step > 0:
             if self.rank == 0 and self.choice is not None:
+                groups = ", ".join(
+                    f"{group} {seconds / steps * 1e3:.2f}"
+                    for group, seconds in sorted(self._window_groups.items())
+                )
                 logger.info(
-                    "steps %d-%d: %s collectives %.2f ms/step measured, %.2f predicted",
+                    "steps %d-%d: %s collectives %.2f ms/step measured (%s), %.2f predicted",
                     self.step - steps,
                     self.step - 1,
                     self.choice.label(),
                     comm / steps * 1e3,
+                    groups,
                     self.predict(self.choice) * 1e3,
                 )
             self.windows.append((self.step, [r[4] for r in rows], [r[5] for r in rows]))
@@ -490,7 +533,7 @@ class MeshHook:
             for rank in range(self.world):
                 flagged = 1.0 if rank in self.detector.reported else 0.0
                 _STRAGGLER.labels(job=self._labels["job"], rank=str(rank)).set(flagged)
-        self._window = [0.0, 0.0, 0]
+        self._window, self._window_groups = [0.0, 0.0, 0], {}
 
     # -- collectives ------------------------------------------------------------------------
 
@@ -498,6 +541,10 @@ class MeshHook:
         choice = self.choice
         assert choice is not None
         self._step_comm += seconds
+        totals = self._step_groups.setdefault(group, [0.0, 0.0, 0.0])
+        totals[0] += nbytes
+        totals[1] += seconds
+        totals[2] += 1
         record = CollectiveRecord(
             time.time(),
             self.step,
@@ -641,8 +688,10 @@ class MeshHook:
     # -- reporting --------------------------------------------------------------------------
 
     def predict(self, choice: PlanChoice) -> float:
-        """The cost model's collective seconds per step for ``choice`` on this job."""
-        return step_time(choice, self.job, self.links, self.planner_config.powersgd_rank)
+        """The cost model's collective seconds per step for ``choice`` on this job (on rank 0
+        with the links fitted from the measurements so far, else the profile's)."""
+        links = self.replanner.links if self.replanner is not None else self.links
+        return step_time(choice, self.job, links, self.planner_config.powersgd_rank)
 
     def current_plan(self) -> CollectivePlan | None:
         """Rank 0: the planner's full plan (with alternatives); None on other ranks."""

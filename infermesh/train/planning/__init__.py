@@ -3,6 +3,7 @@
 - :mod:`.api` -- value types: :class:`JobShape`, :class:`PlanChoice`, :class:`CollectivePlan`.
 - :mod:`.links` -- link classes, their documented defaults, named hardware profiles.
 - :mod:`.cost_model` -- alpha-beta model of all-reduce algorithms, compression and fusion.
+- :mod:`.calibration` -- :class:`LinkCalibration`: link figures fitted from measured collectives.
 - :mod:`.planner` -- :func:`plan_collectives` (with hysteresis) and :class:`Replanner`.
 - :mod:`.placement` -- :func:`plan_placement`: which nodes run a job, in which rank order.
 """
@@ -10,6 +11,7 @@
 from infermesh.train.planning.api import (
     Algorithm,
     Alternative,
+    Backend,
     CollectivePlan,
     Compression,
     JobShape,
@@ -20,7 +22,8 @@ from infermesh.train.planning.api import (
     parse_choice,
     parse_plan_choice,
 )
-from infermesh.train.planning.cost_model import allreduce_time, step_time
+from infermesh.train.planning.calibration import LinkCalibration
+from infermesh.train.planning.cost_model import allreduce_time, collectives, step_time
 from infermesh.train.planning.links import (
     DEFAULT_LINKS,
     PROFILES,
@@ -48,10 +51,12 @@ __all__ = [
     "PROFILES",
     "Algorithm",
     "Alternative",
+    "Backend",
     "CollectivePlan",
     "Compression",
     "JobShape",
     "Link",
+    "LinkCalibration",
     "LinkClass",
     "LinkModel",
     "Measurement",
@@ -61,6 +66,7 @@ __all__ = [
     "Replanner",
     "allreduce_time",
     "candidates",
+    "collectives",
     "describe",
     "explain_refusal",
     "format_bytes",

@@ -19,6 +19,7 @@ from infermesh.core.errors import UsageError
 __all__ = [
     "Algorithm",
     "Alternative",
+    "Backend",
     "CollectivePlan",
     "Compression",
     "JobShape",
@@ -51,6 +52,19 @@ class Algorithm(str, Enum):
     def two_level(self) -> bool:
         """True for the algorithms that need intra-node and inter-node subgroups."""
         return self in (Algorithm.HIERARCHICAL, Algorithm.HIERARCHICAL_LEADER)
+
+
+class Backend(str, Enum):
+    """The process-group backend that runs the collectives.
+
+    The cost model prices what the hook actually runs on it: on gloo, with no async
+    reduce-scatter, the hierarchical plan's intra-node reduce-scatter is a full intra-node
+    all-reduce, and tree and halving-doubling run as gloo's ring (see the hook's
+    ``emulation_notes``).
+    """
+
+    NCCL = "nccl"
+    GLOO = "gloo"
 
 
 class Compression(str, Enum):
@@ -135,6 +149,10 @@ class JobShape:
 
     layer_width: int = 4096
     """Typical side of a gradient matrix; PowerSGD sends ``2 * rank / layer_width`` of it."""
+
+    backend: Backend = Backend.NCCL
+    """Backend that runs the collectives; the model prices what runs on it (see
+    :class:`Backend`)."""
 
     def __post_init__(self) -> None:
         for name in ("nodes", "gpus_per_node", "grad_bytes", "bucket_bytes", "layer_width"):

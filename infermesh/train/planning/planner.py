@@ -7,8 +7,9 @@ unless a previous plan is given and the fastest is not faster by at least
 ``PlannerConfig.min_gain`` (hysteresis: small or noisy differences never switch plans).
 
 :class:`Replanner` is the stateful wrapper a worker (or the coordinator) keeps: it collects
-:class:`~infermesh.train.planning.api.Measurement` records and re-plans every
-``PlannerConfig.replan_every`` steps.
+each step's collective time per plan and per group (and measured link bandwidths), fits the
+link figures from them (:class:`~infermesh.train.planning.calibration.LinkCalibration`) and
+re-plans every ``PlannerConfig.replan_every`` steps with the fitted links.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from infermesh.train.planning.api import (
     PlanChoice,
     format_bytes,
 )
+from infermesh.train.planning.calibration import LinkCalibration
 from infermesh.train.planning.cost_model import applicable, step_time
 from infermesh.train.planning.links import LinkModel
 
@@ -121,20 +123,24 @@ def plan_collectives(
     *,
     previous: CollectivePlan | None = None,
     config: PlannerConfig | None = None,
+    unmeasured_factor: float | None = None,
 ) -> CollectivePlan:
     """Return the collective plan for ``job`` on ``links``.
 
     ``stats`` are measured collective times; each (algorithm, compression) that was measured
-    has its predictions scaled by its median measured/predicted ratio, the others by the
-    smallest measured ratio: the links are at least that much slower than their profile
-    (defaults are often off by a constant factor), so a wrong profile does not make every
-    unmeasured plan look better. With ``previous``, the plan only changes when the best
-    alternative is predicted at least ``config.min_gain`` faster than
-    keeping ``previous``.
+    has its predictions scaled by its median measured/predicted ratio, the others by
+    ``unmeasured_factor``. Its default, for links taken from a profile, is the smallest
+    measured ratio: the links are at least that much slower than their profile (defaults are
+    often off by a constant factor), so a wrong profile does not make every unmeasured plan
+    look better. Links fitted from measurements need no such guess: pass 1.0. With
+    ``previous``, the plan only changes when the best alternative is predicted at least
+    ``config.min_gain`` faster than keeping ``previous``.
     """
     config = config or PlannerConfig()
     factors = _factors(stats or [])
-    unmeasured = min(factors.values(), default=1.0)
+    unmeasured = (
+        min(factors.values(), default=1.0) if unmeasured_factor is None else unmeasured_factor
+    )
     alternatives = []
     for choice in candidates(job, config):
         model = step_time(choice, job, links, config.powersgd_rank)
@@ -176,10 +182,20 @@ def plan_collectives(
 
 
 class Replanner:
-    """Keeps the current plan and the recent measurements; re-plans every K steps.
+    """Keeps the current plan, the recent measurements and the fitted links; re-plans every K.
 
     Pure: no torch, no processes; the DDP hook feeds it on rank 0 and so could the
-    coordinator or the simulator.
+    coordinator or the simulator. Three inputs, all optional:
+
+    - :meth:`observe`: one step's collective time under a plan (corrects that plan's
+      prediction by its measured/predicted ratio);
+    - :meth:`observe_group`: one step's collectives of one group (``world``, ``intra``,
+      ``inter``, ``leaders``) under a plan: bytes, seconds, calls -- what the hook times;
+    - :meth:`observe_bandwidth`: a measured link bandwidth, e.g. the cell's
+      ``comm.link_bandwidth_bytes_per_s{link=...}``.
+
+    The last two feed one :class:`LinkCalibration`; at each re-plan the links are fitted from
+    it, so every plan -- including plans never run -- is predicted with measured link figures.
     """
 
     def __init__(
@@ -189,38 +205,76 @@ class Replanner:
         config: PlannerConfig | None = None,
         history: int = 200,
     ) -> None:
-        self.job, self.links = job, links
+        self.job = job
+        self.prior = self.links = links
         self.config = config or PlannerConfig()
         self.history = history
-        self._measured: dict[tuple[Algorithm, Compression], deque[Measurement]] = {}
+        self.calibration = LinkCalibration(links, job, history=history)
+        self._measured: dict[tuple[Algorithm, Compression], deque[tuple[PlanChoice, float]]] = {}
         self.plan = plan_collectives(job, links, config=self.config)
 
     def observe(self, choice: PlanChoice, measured_s: float) -> None:
         """Record one step's measured collective time under ``choice``."""
         if not math.isfinite(measured_s) or measured_s <= 0:
             return
-        predicted = step_time(choice, self.job, self.links, self.config.powersgd_rank)
         key = (choice.algorithm, choice.compression)
         self._measured.setdefault(key, deque(maxlen=self.history))
-        self._measured[key].append(Measurement(choice, measured_s, predicted))
+        self._measured[key].append((choice, measured_s))
+
+    def observe_group(
+        self, choice: PlanChoice, group: str, nbytes: float, seconds: float, calls: int = 1
+    ) -> None:
+        """Record one step's ``calls`` collectives of ``group`` under ``choice``.
+
+        PowerSGD's timings include its matrix products and its wire bytes are not the
+        recorded ones, so they are counted in ``calibration.ignored`` and not fitted.
+        """
+        if choice.compression is Compression.POWERSGD:
+            self.calibration.ignored["powersgd timings (they include its compute)"] += 1
+            return
+        self.calibration.add_timing(choice.algorithm, group, nbytes, seconds, calls)
+
+    def observe_bandwidth(self, link: str, bytes_per_s: float) -> None:
+        """Record a measured bandwidth of ``link`` (``intra``, ``inter`` per NIC, ``world``)."""
+        self.calibration.add_bandwidth(link, bytes_per_s)
 
     @property
     def measurements(self) -> list[Measurement]:
-        """The last ``history`` measurements of each (algorithm, compression) ever measured.
+        """The last ``history`` measurements of each (algorithm, compression) ever measured,
+        with the current links' predictions.
 
         Kept per key so that a plan measured long ago is not forgotten and explored again.
         """
-        return [m for recent in self._measured.values() for m in recent]
+        return [
+            Measurement(
+                choice, measured, step_time(choice, self.job, self.links, self.config.powersgd_rank)
+            )
+            for recent in self._measured.values()
+            for choice, measured in recent
+        ]
+
+    @property
+    def calibrated(self) -> bool:
+        """True once the links are fitted from measurements (not the profile's defaults)."""
+        return self.links is not self.prior
+
+    def calibrate(self) -> LinkModel:
+        """Fit the links from what was observed so far; return them."""
+        if self.calibration.samples:
+            self.links = self.calibration.fit()
+        return self.links
 
     def maybe_replan(self, step: int) -> CollectivePlan:
         """At every ``replan_every``-th step, re-plan from the measurements; return the plan."""
         if step > 0 and step % self.config.replan_every == 0:
+            self.calibrate()
             new = plan_collectives(
                 self.job,
                 self.links,
                 self.measurements,
                 previous=self.plan,
                 config=self.config,
+                unmeasured_factor=1.0 if self.calibrated else None,
             )
             if new.version != self.plan.version:
                 logger.info(
