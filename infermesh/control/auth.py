@@ -452,9 +452,7 @@ class Guard(grpc.aio.ServerInterceptor):
 
             async def own(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
                 async for beat in requests:
-                    if isinstance(beat, Malformed):
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, beat.text)
-                    if self.enforce and beat.node_id != node:
+                    if not isinstance(beat, Malformed) and beat.node_id != node:
                         await self._deny(
                             context,
                             method,
@@ -466,7 +464,8 @@ class Guard(grpc.aio.ServerInterceptor):
                         )
                     yield beat
 
-            async for reply in behavior(own(requests), context):
+            # the servicer answers a malformed beat; ownership is checked only when enforced
+            async for reply in behavior(own(requests) if self.enforce else requests, context):
                 yield reply
 
         return guarded

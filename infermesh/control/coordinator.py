@@ -14,9 +14,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from infermesh.client.coordinator import CHANNEL_OPTIONS
 from infermesh.client.generated import coordinator_pb2 as pb
@@ -32,7 +35,7 @@ from infermesh.control.service import CoordinatorService
 from infermesh.control.store import Store, open_store
 from infermesh.core.cell import NodeStatus
 from infermesh.core.errors import PortInUse, UsageError
-from infermesh.obs.metrics import counter
+from infermesh.obs.metrics import REGISTRY
 from infermesh.security.tls import ServerTls, trust_domain_of
 from infermesh.signal.api import parse_labels
 from infermesh.signal.export import SIGNALS
@@ -44,7 +47,31 @@ STRAGGLER = "train.straggler"
 KEEP_REVISIONS = 10_000
 _QUARANTINE, _QUARANTINED = Health.QUARANTINE.value, NodeStatus.QUARANTINED.value
 """Store history kept for watches; older revisions are compacted every minute."""
-TELEMETRY = counter("infermesh_coordinator_samples", "Telemetry samples ingested", ("cell",))
+
+
+class _CellCounters(Collector):
+    """The coordinators' per-beat counts, kept as plain integers and read at scrape time (a
+    Counter.inc per heartbeat costs as much as the rest of the bookkeeping)."""
+
+    def __init__(self) -> None:
+        self.cells: dict[int, Coordinator] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        beats = CounterMetricFamily(
+            "infermesh_coordinator_heartbeats", "Heartbeats received", labels=("cell",)
+        )
+        samples = CounterMetricFamily(
+            "infermesh_coordinator_samples", "Telemetry samples ingested", labels=("cell",)
+        )
+        for c in list(self.cells.values()):
+            beats.add_metric((c.cell,), c.membership.heartbeats)
+            samples.add_metric((c.cell,), c.samples)
+        yield beats
+        yield samples
+
+
+CELL_COUNTERS = _CellCounters()
+REGISTRY.register(CELL_COUNTERS)
 
 
 class Servicer(SecurityRpcs, CoordinatorService):
@@ -105,8 +132,9 @@ class Coordinator:
         self.signals = SignalTable()
         self.endpoints: dict[str, list[pb.ServingEndpoint]] = {}
         """Model servers per node, as the node's last heartbeat declared them."""
-        self._telemetry = TELEMETRY.labels(cell=self.cell)
+        self.samples = 0  # telemetry samples ingested (infermesh_coordinator_samples_total)
         self._health_seen: dict[str, int] = {}  # node -> NodeState.health_version copied
+        CELL_COUNTERS.cells[id(self)] = self
         await self.records.load_events()
         await self.membership.load()
         await self.jobs.load()
@@ -147,6 +175,7 @@ class Coordinator:
 
     async def stop(self, grace_s: float = 1.0) -> None:
         self._stop.set()
+        CELL_COUNTERS.cells.pop(id(self), None)
         if self.server is not None:
             await self.server.stop(grace_s)
         for task in self._tasks:
@@ -169,7 +198,7 @@ class Coordinator:
             except UsageError as error:
                 logger.warning("dropped telemetry from %s: %s", node_id, error)
                 accepted = 0
-            self._telemetry.inc(accepted)
+            self.samples += accepted
             await self._apply_health(entry)
             if STRAGGLER in names:
                 for name, value, labels in zip(names, t.value, t.labels, strict=True):

@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
-HEARTBEATS = counter("infermesh_coordinator_heartbeats", "Heartbeats received", ("cell",))
 TRANSITIONS = counter(
     "infermesh_node_transitions", "Node status changes by new status", ("cell", "node")
 )
@@ -58,10 +57,11 @@ class NodeEntry:
     stream_open: bool = False
     assign: list[pb.Assignment] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)
+    node_id: str = field(init=False)
+    """``node.spec.node_id``, read on every heartbeat: kept as a plain attribute."""
 
-    @property
-    def node_id(self) -> str:
-        return self.node.spec.node_id
+    def __post_init__(self) -> None:
+        self.node_id = self.node.spec.node_id
 
     def shown_status(self) -> NodeStatus:
         if self.liveness is NodeStatus.DEAD:
@@ -144,7 +144,6 @@ class Membership:
         """Mirror liveness as store leases (etcd mode): ``alive/<node>`` exists while the
         node is not DEAD, so anything watching the store sees nodes come and go."""
         self._leases: dict[str, tuple[int, float]] = {}  # node -> (lease id, last keepalive)
-        self._heartbeat_metric = HEARTBEATS.labels(cell=self.cell)
 
     async def load(self) -> None:
         """Read the node table after a (re)start; known nodes get a fresh grace period."""
@@ -216,8 +215,7 @@ class Membership:
         entry.last_seen = time.monotonic()
         self._by_seen.move_to_end(node_id)  # not DEAD (checked above), so it is in the order
         entry.node.last_heartbeat = time.time()
-        self.heartbeats += 1
-        self._heartbeat_metric.inc()
+        self.heartbeats += 1  # exported as infermesh_coordinator_heartbeats_total at scrape time
         return entry
 
     async def revive(self, entry: NodeEntry) -> None:

@@ -107,6 +107,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         node_id, epoch = "", 0
         try:
             async for beat in request_iterator:
+                if beat.__class__ is not pb.AgentHeartbeat:  # the guard's stand-in: no parse
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, beat.text)
                 try:
                     entry = self.membership.heartbeat(beat.node_id, beat.epoch)
                 except StaleEpoch as stale:

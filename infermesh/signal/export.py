@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from infermesh.obs.labels import check_labels
@@ -199,7 +199,7 @@ class SignalCollector(Collector):
                 out.update(node_samples(state.view(max_age_s, now), list(state.xids)))
         return out
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         families = {
             metric: GaugeMetricFamily(metric, doc, labels=labels)
             for metric, (doc, labels) in self._families.items()
@@ -208,14 +208,40 @@ class SignalCollector(Collector):
         samples = self.samples()
         for (metric, values), value in sorted(samples.items()):
             families[metric].add_metric(values, value)
+        yield from self._counters()
         elapsed = time.perf_counter() - t0
         if elapsed > 0.5:
             logger.info("exporting %d node samples took %.2f s", len(samples), elapsed)
         yield from families.values()
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
+    def _counters(self) -> Iterator[CounterMetricFamily]:
+        """Samples ingested and dropped as late, by node (the tables count them)."""
+        accepted = CounterMetricFamily(
+            "infermesh_signal_samples",
+            "Telemetry samples ingested into the node state table, by node.",
+            labels=("node",),
+        )
+        late = CounterMetricFamily(
+            "infermesh_signal_late_samples",
+            "Samples dropped because a newer measurement of the same series was already held.",
+            labels=("node",),
+        )
+        with self._lock:
+            tables = [t for t, _ in self._tables]
+        seen: set[str] = set()
+        for table in tables:
+            for node_id, state in list(table.nodes.items()):
+                if node_id not in seen:
+                    seen.add(node_id)
+                    accepted.add_metric((node_id,), state.ingested - state.late)
+                    late.add_metric((node_id,), state.late)
+        yield accepted
+        yield late
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         for metric, (doc, labels) in self._families.items():
             yield GaugeMetricFamily(metric, doc, labels=labels)
+        yield from self._counters()
 
 
 SIGNALS = SignalCollector()

@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from infermesh.core.errors import UsageError
-from infermesh.obs import metrics
 from infermesh.signal.api import SampleBatch, parse_labels
 from infermesh.signal.names import COUNTER, EVENT, kind_of
 
@@ -58,17 +57,6 @@ __all__ = [
     "SignalTable",
     "UnknownNode",
 ]
-
-_SAMPLES = metrics.counter(
-    "infermesh_signal_samples",
-    "Telemetry samples ingested into the node state table, by node.",
-    ("node",),
-)
-_LATE = metrics.counter(
-    "infermesh_signal_late_samples",
-    "Samples dropped because a newer measurement of the same series was already held.",
-    ("node",),
-)
 
 _GAUGE_KIND, _COUNTER_KIND, _EVENT_KIND = 0, 1, 2
 _KIND_CODE = {COUNTER: _COUNTER_KIND, EVENT: _EVENT_KIND}
@@ -115,11 +103,14 @@ _HEALTH_WATCH = {
 
 
 class _Series:
-    __slots__ = ("ewma", "first_ts", "kind", "rate", "ts", "value", "watch")
+    __slots__ = ("ewma", "first_ts", "kind", "labels", "rate", "ts", "value", "watch")
 
-    def __init__(self, kind: int, value: float, ts: float, watch: int = 0) -> None:
+    def __init__(
+        self, kind: int, value: float, ts: float, watch: int = 0, labels: str = ""
+    ) -> None:
         self.kind = kind
         self.watch = watch
+        self.labels = labels
         self.value = value
         self.ts = ts
         self.first_ts = ts
@@ -197,6 +188,11 @@ class NodeState:
         self._health = None
         self.health_version += 1
 
+    _columns: tuple[list[str], list[str]] | None = None
+    """(names, labels) of the last batch, and _row its series in column order: an agent sends
+    the same columns every time, so the next batch skips the key lookups."""
+    _row: list[_Series] = field(default_factory=list)
+
     def ingest(
         self,
         names: Sequence[str],
@@ -206,27 +202,71 @@ class NodeState:
         received_at: float,
     ) -> int:
         """Fold one batch in; return the number of samples dropped as late."""
+        names, labels = list(names), list(labels)
+        columns = self._columns
+        if columns is not None and names == columns[0] and labels == columns[1]:
+            late = self._update(self._row, values, ts, received_at)
+        else:
+            late = self._update(
+                self._resolve(names, values, ts, labels, received_at), values, ts, received_at
+            )
+        n = len(names)
+        self.ingested += n
+        self.late += late
+        if received_at > self.last_received:
+            self.last_received = received_at
+        return late
+
+    def _resolve(
+        self,
+        names: list[str],
+        values: Sequence[float],
+        ts: Sequence[float],
+        labels: list[str],
+        received_at: float,
+    ) -> list[_Series | None]:
+        """The series of each column, creating new ones from their sample (None in the
+        returned row: nothing left to update); remembers the row for the next batch."""
         series = self.series
+        row: list[_Series | None] = []
+        for name, lab, v, t in zip(names, labels, values, ts, strict=True):
+            key = (name, lab)
+            s = series.get(key)
+            if s is None:
+                t = min(t, received_at)
+                kind = _KIND_CODE.get(kind_of(name), _GAUGE_KIND)
+                watch = _HEALTH_WATCH.get(name, 0)
+                series[key] = _Series(kind, v, t, watch, lab)
+                if kind == _EVENT_KIND:
+                    self.xids.append((t, lab, int(v)))
+                if watch or kind == _EVENT_KIND:
+                    self._health_changed()
+            row.append(s)
+        self._columns = (names, labels)
+        self._row = [series[key] for key in zip(names, labels, strict=True)]
+        return row
+
+    def _update(
+        self,
+        row: Sequence[_Series | None],
+        values: Sequence[float],
+        ts: Sequence[float],
+        received_at: float,
+    ) -> int:
+        """Fold each sample into its existing series; return how many were late."""
         tau = self.tau_s
         exp = math.exp
         late = 0
-        for key, v, t in zip(zip(names, labels, strict=True), values, ts, strict=True):
+        last_dt, a = math.nan, 0.0  # a batch's samples share a time step: one exp() for all
+        for s, v, t in zip(row, values, ts, strict=True):
+            if s is None:
+                continue
             if t > received_at:
                 t = received_at
-            s = series.get(key)
-            if s is None:
-                kind = _KIND_CODE.get(kind_of(key[0]), _GAUGE_KIND)
-                watch = _HEALTH_WATCH.get(key[0], 0)
-                series[key] = _Series(kind, v, t, watch)
-                if kind == _EVENT_KIND:
-                    self.xids.append((t, key[1], int(v)))
-                if watch or kind == _EVENT_KIND:
-                    self._health_changed()
-                continue
             dt = t - s.ts
             kind = s.kind
             if kind == _EVENT_KIND:
-                event = (t, key[1], int(v))
+                event = (t, s.labels, int(v))
                 if event not in self.xids:  # an agent may re-send; events are rare
                     self.xids.append(event)
                     self._health_changed()
@@ -242,7 +282,8 @@ class NodeState:
             ):
                 self._health_changed()
             if kind == _GAUGE_KIND:
-                a = 1.0 - exp(-dt / tau)
+                if dt != last_dt:
+                    last_dt, a = dt, 1.0 - exp(-dt / tau)
                 s.ewma += a * (v - s.ewma)  # type: ignore[operator]
             elif kind == _COUNTER_KIND:
                 if dt > 0 and v >= s.value:
@@ -254,11 +295,6 @@ class NodeState:
                     s.rate = None  # counter reset (process restart): no rate this round
             s.value = v
             s.ts = t
-        n = len(names)
-        self.ingested += n
-        self.late += late
-        if received_at > self.last_received:
-            self.last_received = received_at
         return late
 
     # -- reading ----------------------------------------------------------------------------
@@ -354,16 +390,11 @@ class SignalTable:
         self.tau_s = tau_s
         self.overheat_c = overheat_c
         self.nodes: dict[str, NodeState] = {}
-        self._counters: dict[str, tuple[object, object]] = {}
 
     def _node(self, node_id: str) -> NodeState:
         state = self.nodes.get(node_id)
         if state is None:
             state = self.nodes[node_id] = NodeState(node_id, self.tau_s, self.overheat_c)
-            self._counters[node_id] = (
-                _SAMPLES.labels(node=node_id),
-                _LATE.labels(node=node_id),
-            )
         return state
 
     def ingest(
@@ -388,12 +419,7 @@ class SignalTable:
                 "send one entry per sample in every column"
             )
         state = self.nodes.get(node_id) or self._node(node_id)
-        late = state.ingest(names, values, ts, labels, received_at)
-        samples, late_c = self._counters[node_id]
-        samples.inc(n - late)  # type: ignore[attr-defined]
-        if late:
-            late_c.inc(late)  # type: ignore[attr-defined]
-        return n - late
+        return n - state.ingest(names, values, ts, labels, received_at)
 
     def ingest_batch(self, node_id: str, batch: SampleBatch, received_at: float) -> int:
         return self.ingest(node_id, batch.names, batch.values, batch.ts, batch.labels, received_at)
@@ -427,4 +453,3 @@ class SignalTable:
     def forget(self, node_id: str) -> None:
         """Drop a node that left the cell."""
         self.nodes.pop(node_id, None)
-        self._counters.pop(node_id, None)

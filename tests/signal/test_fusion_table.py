@@ -10,6 +10,7 @@ from infermesh.core.errors import UsageError
 from infermesh.obs.metrics import REGISTRY
 from infermesh.signal import SampleBatch, SignalTable
 from infermesh.signal.api import Sample
+from infermesh.signal.export import SIGNALS
 from infermesh.signal.fusion import UnknownNode
 
 
@@ -71,11 +72,13 @@ def test_late_samples_are_dropped_and_counted() -> None:
     assert accepted == 1
     assert t.view("late-node", 100.0, 11.0).value("gpu.util") == 0.9
     assert t.nodes["late-node"].late == 1
-    assert (
-        REGISTRY.get_sample_value("infermesh_signal_late_samples_total", {"node": "late-node"})
-        == 1.0
-    )
-    assert REGISTRY.get_sample_value("infermesh_signal_samples_total", {"node": "late-node"}) == 2
+    SIGNALS.attach(t)  # the counters are read from the table when /metrics is scraped
+    try:
+        get = REGISTRY.get_sample_value
+        assert get("infermesh_signal_late_samples_total", {"node": "late-node"}) == 1.0
+        assert get("infermesh_signal_samples_total", {"node": "late-node"}) == 2
+    finally:
+        SIGNALS.detach(t)
 
 
 def test_columns_of_different_lengths_are_refused_with_the_lengths() -> None:
