@@ -55,6 +55,6 @@ timeout_flag=()
 if "$PY" -c 'import pytest_timeout' 2>/dev/null; then
     timeout_flag=(--timeout=300)  # per test; each NCCL worker also has its own 240 s limit
 fi
-"$PY" -m pytest -q -m gpu tests/gpu -p no:cacheprovider -x -rs "${timeout_flag[@]}" 2>&1 \
+"$PY" -m pytest -q -m gpu tests/gpu -p no:cacheprovider -rs "${timeout_flag[@]}" 2>&1 \
     | tee "$LOGS/pytest.log"
 exit "${PIPESTATUS[0]}"

@@ -9,8 +9,8 @@ writes it to ``--ready-file`` for scripts), then serves until Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import asyncio
-import gc
 import contextlib
+import gc
 import logging
 import os
 import socket
