@@ -35,7 +35,8 @@ def test_heartbeat_bench_measures_round_trips_and_detection(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (row,) = json.loads(out.read_text())
     assert row["agents"] == 50 and row["server"] == "coordinator"
-    assert row["beats"] >= 0.8 * row["expected_beats"], row  # 50 agents x 3 s, nearly all acked
+    assert row["sent_beats"] >= 0.8 * row["expected_beats"], row  # 50 agents x 3 s
+    assert row["beats"] >= 0.8 * row["expected_beats"] / 10, row  # every 10th is a probe
     assert 0 < row["rtt_p50_ms"] <= row["rtt_p99_ms"] < 3000
     assert row["coord_cpu_pct"] > 0 and row["us_per_beat"] > 0
     # silent: SUSPECT after ~1 s of silence, DEAD after ~2 s; closed: SUSPECT at once

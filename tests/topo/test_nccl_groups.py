@@ -158,8 +158,8 @@ def test_gloo_notes_are_unchanged() -> None:
         "tree, halving_doubling: gloo has no such all_reduce; run as gloo's ring and "
         "recorded as emulated",
         "hierarchical: intra-node reduce-scatter emulated by an intra-node all_reduce "
-        "(gloo has no async reduce_scatter_tensor); inter-node all-reduce and all-gather "
-        "applied",
+        "(gloo has no async reduce_scatter_tensor; the cost model prices that all_reduce); "
+        "inter-node all-reduce and all-gather applied",
         "hierarchical_leader, fusion, fp16/bf16, powersgd: applied",
     ]
 
