@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from infermesh.obs.labels import check_labels
 from infermesh.obs.metrics import REGISTRY
 from infermesh.signal.api import parse_labels
-from infermesh.signal.fusion import Health, NodeView, SignalTable
+from infermesh.signal.fusion import Health, NodeState, NodeView, SignalTable
 
 __all__ = ["EXPORTED", "SIGNALS", "SignalCollector"]
 
@@ -184,19 +184,24 @@ class SignalCollector(Collector):
         with self._lock:
             self._tables = [t for t in self._tables if t[0] is not table]
 
-    def samples(self) -> dict[Key, float]:
-        """Every sample a scrape would show now (the first table wins a node id twice)."""
-        now = self.clock()
-        out: dict[Key, float] = {}
-        seen: set[str] = set()
+    def _nodes(self) -> Iterator[tuple[NodeState, float]]:
+        """Each node of the attached tables with its table's max age (the first table wins a
+        node id that is in two)."""
         with self._lock:
             tables = list(self._tables)
+        seen: set[str] = set()
         for table, max_age_s in tables:
             for node_id, state in list(table.nodes.items()):
-                if node_id in seen:
-                    continue
-                seen.add(node_id)
-                out.update(node_samples(state.view(max_age_s, now), list(state.xids)))
+                if node_id not in seen:
+                    seen.add(node_id)
+                    yield state, max_age_s
+
+    def samples(self) -> dict[Key, float]:
+        """Every gauge sample a scrape would show now."""
+        now = self.clock()
+        out: dict[Key, float] = {}
+        for state, max_age_s in self._nodes():
+            out.update(node_samples(state.view(max_age_s, now), list(state.xids)))
         return out
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -226,15 +231,9 @@ class SignalCollector(Collector):
             "Samples dropped because a newer measurement of the same series was already held.",
             labels=("node",),
         )
-        with self._lock:
-            tables = [t for t, _ in self._tables]
-        seen: set[str] = set()
-        for table in tables:
-            for node_id, state in list(table.nodes.items()):
-                if node_id not in seen:
-                    seen.add(node_id)
-                    accepted.add_metric((node_id,), state.ingested - state.late)
-                    late.add_metric((node_id,), state.late)
+        for state, _ in self._nodes():
+            accepted.add_metric((state.node_id,), state.ingested - state.late)
+            late.add_metric((state.node_id,), state.late)
         yield accepted
         yield late
 

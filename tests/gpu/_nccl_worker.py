@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from infermesh.train.hooks import MeshHookConfig, prepare
 from infermesh.train.hooks.nccl_groups import NCCL_ALGO_ENV
 from infermesh.train.planning import Algorithm, Compression, PlanChoice
+from tests.topo._gloo_worker import max_grad_error
 
 STEPS = 6
 PLANS = [Algorithm.RING, Algorithm.TREE, Algorithm.HALVING_DOUBLING]
@@ -86,12 +87,7 @@ def main(scenario: str, out: str) -> None:
             for model, opt in zip((ref, mesh), opts, strict=True):
                 opt.zero_grad()
                 torch.nn.functional.mse_loss(model(x), y).backward()
-            worst = 0.0
-            for p_ref, p_mesh in zip(ref.parameters(), mesh.parameters(), strict=True):
-                assert p_ref.grad is not None and p_mesh.grad is not None
-                scale = float(p_ref.grad.abs().max()) or 1.0
-                worst = max(worst, float((p_ref.grad - p_mesh.grad).abs().max()) / scale)
-            errors.append(worst)
+            errors.append(max_grad_error(ref, mesh))
             for opt in opts:
                 opt.step()
         _mark("done")

@@ -29,6 +29,16 @@ BUCKET_MB = 0.25
 STEPS = 6
 
 
+def max_grad_error(ref: torch.nn.Module, mesh: torch.nn.Module) -> float:
+    """The largest gradient difference between two models, relative to each tensor's scale."""
+    worst = 0.0
+    for p_ref, p_mesh in zip(ref.parameters(), mesh.parameters(), strict=True):
+        assert p_ref.grad is not None and p_mesh.grad is not None
+        scale = float(p_ref.grad.abs().max()) or 1.0
+        worst = max(worst, float((p_ref.grad - p_mesh.grad).abs().max()) / scale)
+    return worst
+
+
 def _mlp() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(
@@ -115,12 +125,7 @@ def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
             loss = torch.nn.functional.mse_loss(model(x), y)
             loss.backward()
             step_losses.append(float(loss.detach()))
-        worst = 0.0
-        for p_ref, p_mesh in zip(ref.parameters(), mesh.parameters(), strict=True):
-            assert p_ref.grad is not None and p_mesh.grad is not None
-            scale = float(p_ref.grad.abs().max()) or 1.0
-            worst = max(worst, float((p_ref.grad - p_mesh.grad).abs().max()) / scale)
-        errors.append(worst)
+        errors.append(max_grad_error(ref, mesh))
         losses.append(step_losses)
         for opt in opts:
             opt.step()
