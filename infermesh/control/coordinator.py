@@ -45,8 +45,8 @@ logger = logging.getLogger(__name__)
 
 STRAGGLER = "train.straggler"
 KEEP_REVISIONS = 10_000
-_QUARANTINE, _QUARANTINED = Health.QUARANTINE.value, NodeStatus.QUARANTINED.value
 """Store history kept for watches; older revisions are compacted every minute."""
+_QUARANTINE, _QUARANTINED = Health.QUARANTINE.value, NodeStatus.QUARANTINED.value
 
 
 class _CellCounters(Collector):
@@ -223,6 +223,8 @@ class Coordinator:
             while not self._stop.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=60.0)
+                if self._stop.is_set():
+                    break
                 try:
                     revision = await self.store.revision()
                     if revision > KEEP_REVISIONS:
