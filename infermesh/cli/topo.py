@@ -67,7 +67,7 @@ def plan_text(
         links = calibration.fit()
     config = PlannerConfig(
         algorithms=tuple(parse_choice(Algorithm, a, "algorithm") for a in _names(algorithms))
-        or tuple(Algorithm),
+        or job.backend.algorithms,
         compressions=tuple(
             parse_choice(Compression, c, "compression") for c in _names(compressions)
         ),
@@ -146,7 +146,10 @@ def plan(
         help="Compressions allowed, comma-separated: none,fp16,bf16,powersgd.",
     ),
     algorithm: str = typer.Option(
-        "", "--algorithm", help="Algorithms allowed, comma-separated (default: all)."
+        "",
+        "--algorithm",
+        help="Algorithms allowed, comma-separated (default: those the backend applies; "
+        "halving_doubling only when named).",
     ),
     backend: str = typer.Option(
         "nccl", "--backend", help="Backend running the collectives (nccl, gloo): what to price."

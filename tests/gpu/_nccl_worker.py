@@ -100,6 +100,8 @@ def main(scenario: str, out: str) -> None:
             errors=errors,
             plans=[[s, c.label()] for s, _, c in hook.plans],
             emulated=emulated,
+            seconds=[r.seconds for r in hook.records],
+            record_steps=sorted({r.step for r in hook.records}),
             env_after=os.environ.get(NCCL_ALGO_ENV),
         )
     finally:

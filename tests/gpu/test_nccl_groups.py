@@ -158,6 +158,9 @@ def test_every_plan_gives_the_gradients_of_ddps_default_allreduce_on_nccl(
         "halving_doubling",
     ]
     assert result["emulated"] == {"ring": [False], "tree": [False], "halving_doubling": [True]}
+    # timed by CUDA events (read once the GPU reached them), one step per training step
+    assert result["record_steps"] == list(range(6))
+    assert all(0.0 <= s < 1.0 for s in result["seconds"]), result["seconds"]
 
 
 def test_a_process_wide_ncclalgo_is_respected(run: Any) -> None:

@@ -139,7 +139,8 @@ def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
         "algorithms": sorted({r.algorithm for r in hook.records}),
         "steps": hook.step,
         "stragglers": [[e.rank, e.step] for e in hook.stragglers],
-        "windows": list(hook.windows),
+        "windows": [[step, ran.label(), busy, comm] for step, ran, busy, comm in hook.windows],
+        "record_plans": sorted({(r.step, r.algorithm, r.compression) for r in hook.records}),
     }
 
 

@@ -23,9 +23,21 @@ def test_topo_plan_prints_every_alternative_and_the_chosen_plan() -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "4 node(s) x 8 rank(s), 100MB" in lines[0]
-    assert sum("ms" in line for line in lines[2:-1]) == 10  # 5 algorithms x 2 fusion windows
+    # NCCL applies ring, tree and the two two-level algorithms: 4 x 2 fusion windows
+    assert sum("ms" in line for line in lines[2:-1]) == 8
+    assert not any("halving_doubling" in line for line in lines)
     assert sum("<- chosen" in line for line in lines) == 1
     assert lines[-1].startswith("chosen: tree, compression none")
+
+
+def test_topo_plan_prices_halving_doubling_only_when_named() -> None:
+    result = CliRunner().invoke(
+        app,
+        [*SHAPE, "--bytes", "100MB", "--algorithm", "ring,halving_doubling", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    priced = {alt["choice"]["algorithm"] for alt in json.loads(result.output)["alternatives"]}
+    assert priced == {"ring", "halving_doubling"}
 
 
 def test_topo_plan_prints_json_on_request() -> None:

@@ -92,6 +92,24 @@ def test_switching_every_two_steps_changes_the_plan_at_the_agreed_steps(
     assert set(ranks[0]["switching"]["groups"]) == {"world", "intra", "inter", "leaders"}
 
 
+def test_records_and_windows_carry_the_plan_that_ran_when_the_plan_switches(
+    ranks: list[dict[str, Any]],
+) -> None:
+    for rank in ranks:
+        run = rank["switching"]
+        in_force = {}  # step -> label of the plan adopted at or before it
+        for step in range(run["steps"]):
+            adopted = [label for at, _, label in run["plans"] if at <= step]
+            in_force[step] = adopted[-1].split("/")[:2]
+        # the last bucket's collective finishes after the step counter moved on: still its step
+        assert {step for step, _, _ in run["record_plans"]} == set(range(run["steps"]))
+        for step, algorithm, compression in run["record_plans"]:
+            assert [algorithm, compression] == in_force[step], (step, algorithm)
+        # a window ending at step s ran under the plan of step s - 1, not the one adopted at s
+        for end, label, _, _ in run["windows"]:
+            assert label.split("/")[:2] == in_force[end - 1], (end, label)
+
+
 def test_each_collective_is_recorded_with_its_group_and_gloo_emulation(
     ranks: list[dict[str, Any]],
 ) -> None:

@@ -26,7 +26,9 @@ or from ``plan_provider`` (the coordinator's plan, or a test's schedule).
 
 **Telemetry.** Every collective is timed (bytes, seconds, algorithm, compression, group) into
 :attr:`MeshHook.records` and Prometheus (``infermesh_collective_seconds``,
-``infermesh_collective_bytes_total``); the hook calls the progress heartbeat once per step and
+``infermesh_collective_bytes_total``): by the host clock on CPU, by CUDA events on a GPU (an
+NCCL collective returns to the host before it runs), read when the next step begins; the
+hook calls the progress heartbeat once per step and
 detects stragglers (:mod:`.stragglers`).
 
 **Emulation.** gloo has one all-reduce algorithm (a ring) and no async
@@ -119,7 +121,6 @@ _STRAGGLER = metrics.gauge(
 _ALGORITHMS = list(Algorithm)
 _COMPRESSIONS = list(Compression)
 _ROW = 6  # agreement row: version, algorithm, compression, fusion bytes, busy s, collective s
-_FLAT_ON_GLOO = (Algorithm.RING, Algorithm.HIERARCHICAL, Algorithm.HIERARCHICAL_LEADER)
 
 
 @dataclass
@@ -146,7 +147,8 @@ class MeshHookConfig:
     """Compressions the planner may choose: none, fp16, bf16, powersgd."""
 
     algorithms: tuple[str, ...] | None = None
-    """Algorithms the planner may choose; default all that the backend applies."""
+    """Algorithms the planner may choose; default those the backend applies
+    (:attr:`~infermesh.train.planning.Backend.algorithms`)."""
 
     min_gain: float = 0.1
     """A new plan must be predicted at least this fraction faster to replace the current one."""
@@ -172,7 +174,7 @@ class MeshHookConfig:
     def planner_config(self, backend: str) -> PlannerConfig:
         """The :class:`PlannerConfig` these settings describe (names checked here)."""
         if self.algorithms is None:
-            algorithms = _FLAT_ON_GLOO if backend == "gloo" else tuple(Algorithm)
+            algorithms = (Backend.GLOO if backend == "gloo" else Backend.NCCL).algorithms
         else:
             algorithms = tuple(parse_choice(Algorithm, a, "algorithm") for a in self.algorithms)
         compressions = tuple(parse_choice(Compression, c, "compression") for c in self.compressions)
@@ -272,9 +274,11 @@ class MeshHook:
             self.world, config.straggler_factor, config.straggler_windows
         )
         self.stragglers: list[StragglerEvent] = []
-        self.windows: deque[tuple[int, list[float], list[float]]] = deque(maxlen=1000)
-        """Per agreement: ``(step, busy s/step per rank, collective s/step per rank)``."""
-        self.records: deque[CollectiveRecord] = deque(maxlen=config.history)
+        self.windows: deque[tuple[int, PlanChoice, list[float], list[float]]] = deque(maxlen=1000)
+        """Per agreement window, at its end: ``(step, plan that ran, busy s/step per rank,
+        collective s/step per rank)``."""
+        self._records: deque[CollectiveRecord] = deque(maxlen=config.history)
+        self._finished: deque[_Timing] = deque()  # collectives done, duration not yet read
         self.plans: list[tuple[int, int, PlanChoice]] = []
         """``(step, version, choice)`` of every plan this rank adopted."""
 
@@ -406,12 +410,14 @@ class MeshHook:
             self.step += 1
             self._new_step = True
             heartbeat(self.step)
+            self._resolve(block=False)
             if self.signal is not None:
                 self.signal.flush()
         return fut
 
     def _begin_step(self, device: torch.device) -> None:
         now = time.perf_counter()
+        self._resolve()  # the last step's collectives: all done by now
         if self._step_start is not None:
             step_s, comm_s = now - self._step_start, self._step_comm
             self._window[0] += max(step_s - comm_s, 0.0)
@@ -482,6 +488,7 @@ class MeshHook:
         out = torch.empty(self.world * _ROW, dtype=torch.float64, device=device)
         dist.all_gather_single(out, row, group=self.pg)
         rows = out.view(self.world, _ROW).tolist()
+        ran = self.choice  # the plan of the window that ends here
         version = int(rows[0][0])
         if version != self.version:
             choice = PlanChoice(
@@ -506,8 +513,8 @@ class MeshHook:
             self.version, self.choice = version, choice
             self.plans.append((self.step, version, choice))
             _PLAN_VERSION.labels(**self._labels).set(version)
-        if steps and self.step > 0:
-            if self.rank == 0 and self.choice is not None:
+        if steps and ran is not None:  # a window of steps ran under ``ran``
+            if self.rank == 0:
                 groups = ", ".join(
                     f"{group} {seconds / steps * 1e3:.2f}"
                     for group, seconds in sorted(self._window_groups.items())
@@ -516,12 +523,12 @@ class MeshHook:
                     "steps %d-%d: %s collectives %.2f ms/step measured (%s), %.2f predicted",
                     self.step - steps,
                     self.step - 1,
-                    self.choice.label(),
+                    ran.label(),
                     comm / steps * 1e3,
                     groups,
-                    self.predict(self.choice) * 1e3,
+                    self.predict(ran) * 1e3,
                 )
-            self.windows.append((self.step, [r[4] for r in rows], [r[5] for r in rows]))
+            self.windows.append((self.step, ran, [r[4] for r in rows], [r[5] for r in rows]))
             for event in self.detector.update(self.step, [r[4] for r in rows]):
                 self.stragglers.append(event)
                 if self.rank == 0:
@@ -537,29 +544,58 @@ class MeshHook:
 
     # -- collectives ------------------------------------------------------------------------
 
-    def _record(self, group: str, nbytes: int, seconds: float, emulated: bool = False) -> None:
+    @property
+    def records(self) -> deque[CollectiveRecord]:
+        """Every timed collective (the newest ``history``). Reading it waits for the
+        collectives issued so far to finish on the GPU (their durations are the GPU's)."""
+        self._resolve()
+        return self._records
+
+    def _start(self, group: str, tensor: torch.Tensor, emulated: bool = False) -> _Timing:
+        """Start timing a collective on ``tensor`` just issued (the plan and step of now)."""
         choice = self.choice
         assert choice is not None
+        nbytes = tensor.numel() * tensor.element_size()
+        return _Timing(self.step, choice, group, nbytes, emulated, _mark(tensor.device))
+
+    def _finish(self, timing: _Timing, device: torch.device) -> None:
+        """The collective of ``timing`` has finished (as seen by the caller's stream)."""
+        timing.end = _mark(device)
+        self._finished.append(timing)
+
+    def _resolve(self, block: bool = True) -> None:
+        """Record the finished collectives, in order; ``block=False`` stops at the first one
+        whose GPU events are not complete yet."""
+        while self._finished:
+            timing = self._finished[0]
+            seconds = _elapsed(timing.start, timing.end, block)
+            if seconds is None:
+                return
+            self._finished.popleft()
+            self._record(timing, seconds)
+
+    def _record(self, timing: _Timing, seconds: float) -> None:
         self._step_comm += seconds
-        totals = self._step_groups.setdefault(group, [0.0, 0.0, 0.0])
-        totals[0] += nbytes
+        totals = self._step_groups.setdefault(timing.group, [0.0, 0.0, 0.0])
+        totals[0] += timing.nbytes
         totals[1] += seconds
         totals[2] += 1
+        algorithm = timing.choice.algorithm.value
         record = CollectiveRecord(
             time.time(),
-            self.step,
-            choice.algorithm.value,
-            choice.compression.value,
-            group,
-            nbytes,
+            timing.step,
+            algorithm,
+            timing.choice.compression.value,
+            timing.group,
+            timing.nbytes,
             seconds,
-            emulated,
+            timing.emulated,
         )
-        self.records.append(record)
+        self._records.append(record)
         if self.signal is not None:
             self.signal.add(record)
-        _SECONDS.labels(**self._labels, strategy=choice.algorithm.value).observe(seconds)
-        _BYTES.labels(**self._labels, strategy=choice.algorithm.value).inc(nbytes)
+        _SECONDS.labels(**self._labels, strategy=algorithm).observe(seconds)
+        _BYTES.labels(**self._labels, strategy=algorithm).inc(timing.nbytes)
 
     def _timed(
         self,
@@ -569,12 +605,12 @@ class MeshHook:
         result: torch.Tensor,
         emulated: bool = False,
     ) -> torch.futures.Future[torch.Tensor]:
-        """The future of ``work``, resolving to ``result`` after recording its duration."""
-        t0 = time.perf_counter()
-        nbytes = tensor.numel() * tensor.element_size()
+        """The future of ``work``, resolving to ``result`` once its end is marked."""
+        timing = self._start(group, tensor, emulated)
 
         def done(_: torch.futures.Future[Any]) -> torch.Tensor:
-            self._record(group, nbytes, time.perf_counter() - t0, emulated)
+            # on a GPU the callback's stream waits for the collective: the end event follows it
+            self._finish(timing, tensor.device)
             return result
 
         return work.get_future().then(done)
@@ -582,11 +618,9 @@ class MeshHook:
     def _blocking(
         self, work: dist.Work, group: str, tensor: torch.Tensor, emulated: bool = False
     ) -> None:
-        t0 = time.perf_counter()
-        work.wait()
-        self._record(
-            group, tensor.numel() * tensor.element_size(), time.perf_counter() - t0, emulated
-        )
+        timing = self._start(group, tensor, emulated)
+        work.wait()  # NCCL: the current stream waits for the collective, the host does not
+        self._finish(timing, tensor.device)
 
     def _flush(self, choice: PlanChoice) -> torch.futures.Future[torch.Tensor]:
         """Run one collective over the held buckets; resolve their futures from its result."""
@@ -672,11 +706,10 @@ class MeshHook:
                 matrix_approximation_rank=self.planner_config.powersgd_rank,
                 start_powerSGD_iter=self.config.powersgd_start_step,
             )
-        t0 = time.perf_counter()
-        nbytes = bucket.buffer().numel() * bucket.buffer().element_size()
+        timing = self._start("world", bucket.buffer())
 
         def done(f: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
-            self._record("world", nbytes, time.perf_counter() - t0)
+            self._finish(timing, bucket.buffer().device)
             return f.value()
 
         fut = powerSGD_hook(self._psgd, bucket).then(done)
@@ -696,6 +729,44 @@ class MeshHook:
     def current_plan(self) -> CollectivePlan | None:
         """Rank 0: the planner's full plan (with alternatives); None on other ranks."""
         return self.replanner.plan if self.replanner is not None else None
+
+
+@dataclass(slots=True)
+class _Timing:
+    """One collective being timed: what :class:`CollectiveRecord` needs, and two marks."""
+
+    step: int
+    choice: PlanChoice
+    group: str
+    nbytes: int
+    emulated: bool
+    start: float | torch.cuda.Event
+    end: float | torch.cuda.Event | None = None
+
+
+def _mark(device: torch.device) -> float | torch.cuda.Event:
+    """Now: the host clock for CPU tensors; for GPU tensors a timing event on the device's
+    current stream (NCCL collectives are asynchronous to the host, so the host clock would
+    time only their launch)."""
+    if device.type != "cuda":
+        return time.perf_counter()
+    event = torch.cuda.Event(enable_timing=True)
+    event.record(torch.cuda.current_stream(device))
+    return event
+
+
+def _elapsed(
+    start: float | torch.cuda.Event, end: float | torch.cuda.Event | None, block: bool
+) -> float | None:
+    """Seconds from ``start`` to ``end``; None if ``end`` is a GPU event not reached yet and
+    ``block`` is False (with ``block`` it waits for it)."""
+    if isinstance(start, float) and isinstance(end, float):
+        return end - start
+    assert isinstance(start, torch.cuda.Event) and isinstance(end, torch.cuda.Event)
+    if not block and not end.query():
+        return None
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
 
 
 def _devices(tensor: torch.Tensor) -> list[int | str | torch.device] | None:

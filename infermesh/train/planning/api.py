@@ -66,6 +66,20 @@ class Backend(str, Enum):
     NCCL = "nccl"
     GLOO = "gloo"
 
+    @property
+    def algorithms(self) -> tuple[Algorithm, ...]:
+        """The algorithms the hook applies on this backend: what its planner (and ``infermesh
+        topo plan``) chooses from unless told otherwise.
+
+        gloo: ring and the two-level ones (its tree and halving-doubling would be its ring
+        again). NCCL: ring and tree (on communicators created with ``NCCL_ALGO``) and the
+        two-level ones; NCCL has no halving-doubling, the hook would run NCCL's own choice.
+        """
+        two_level = (Algorithm.HIERARCHICAL, Algorithm.HIERARCHICAL_LEADER)
+        if self is Backend.GLOO:
+            return (Algorithm.RING, *two_level)
+        return (Algorithm.RING, Algorithm.TREE, *two_level)
+
 
 class Compression(str, Enum):
     """What is sent instead of fp32 gradients: nothing else, fp16, bf16 or PowerSGD factors."""
