@@ -108,7 +108,9 @@ class JobManager:
             if number.isdigit():
                 self._next_id = max(self._next_id, int(number))
             if not JobStatus(job.status).terminal and job.round:
-                self.rendezvous.resume(job.job_id, job.round, list(job.nodes))
+                # on_round keeps the round's members first in job.nodes
+                members = job.world_size // max(1, job.spec.nproc_per_node)
+                self.rendezvous.resume(job.job_id, job.round, list(job.nodes[:members]))
         for job_id, lines in (await self.records.load_logs(self.jobs)).items():
             self.logs[job_id] = deque(lines, maxlen=MAX_LOG_LINES)
             self.log_seq = max([self.log_seq, *(line.seq for line in lines)])
@@ -326,8 +328,9 @@ class JobManager:
         self.reports[job.job_id][node_id] = report
         await self._progress_update(job, report)
         if report.state == "succeeded":
-            done = self.reports[job.job_id]
-            if all(done.get(n) is not None and done[n].state == "succeeded" for n in job.nodes):
+            members = self._round_members(job)
+            if members <= self._succeeded(job):
+                # a node added since the round closed (still joining) is stopped by _finish
                 await self._finish(job, JobStatus.SUCCEEDED, "all nodes finished")
         elif report.state == "failed":
             message = f"{node_id}: {report.message or f'exit code {report.exit_code}'}"
@@ -408,6 +411,13 @@ class JobManager:
         self.rendezvous.close(job.job_id)
         await self._set_status(job, status, reason)
         await self.place_pending()
+
+    def _round_members(self, job: pb.Job) -> set[str]:
+        """The nodes whose workers train now: the last closed round's members still in the
+        job (every node of the job before its first round)."""
+        state = self.rendezvous.runs.get(job.job_id)
+        members = {n for n in (state.members if state else ()) if n in job.nodes}
+        return members or set(job.nodes)
 
     def _succeeded(self, job: pb.Job) -> set[str]:
         return {n for n, r in self.reports.get(job.job_id, {}).items() if r.state == "succeeded"}

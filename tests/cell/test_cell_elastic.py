@@ -18,7 +18,6 @@ pytestmark = pytest.mark.slow
 
 TRAIN = [
     "examples/train_tiny_gpt.py",
-    "trainer.max_steps=100",
     "trainer.ckpt_every=10",
     "trainer.log_every=10",
     "model.n_layer=2",
@@ -40,7 +39,7 @@ def cell(request, tmp_path: Path):
 both_stores = pytest.mark.parametrize("cell", ["sqlite", "etcd"], indirect=True)
 
 
-def _run(cell: Cell, tmp_path: Path, nnodes: str):
+def _run(cell: Cell, tmp_path: Path, nnodes: str, max_steps: int = 100):
     out = tmp_path / "submit.log"
     proc = submit(
         cell,
@@ -52,6 +51,7 @@ def _run(cell: Cell, tmp_path: Path, nnodes: str):
         "--run-dir",
         str(tmp_path / "runs"),
         *TRAIN,
+        f"trainer.max_steps={max_steps}",
         f"trainer.out_dir={tmp_path / 'tiny'}",
     )
     return proc, out
@@ -107,15 +107,24 @@ def test_a_new_agent_joins_a_running_job_at_the_next_round(cell, tmp_path):
     cell.start_agent("node-0")
     cell.start_agent("node-1")
     cell.wait_nodes(2)
-    proc, out = _run(cell, tmp_path, "2:3")
+    # a job too long to end before the new agent's launcher joins (it is cancelled below);
+    # one that ends first succeeds without it (tests/cell/test_coordinator_api.py)
+    proc, out = _run(cell, tmp_path, "2:3", max_steps=100_000)
     job = _wait_step(cell, 15)
     assert job.world_size == 2
     cell.start_agent("node-2")
     with cell.client() as c:
         wait_for(lambda: c.get_job(job.job_id).job.world_size == 3, 60, "a 3-node round")
-    _finish(proc, out)
-    with cell.client() as c:
-        assert c.get_job(job.job_id).job.nodes[2] == "node-2"
+        grown = c.get_job(job.job_id).job
+        assert grown.nodes[2] == "node-2" and grown.round == 2
+        wait_for(
+            lambda: c.get_job(job.job_id).job.step >= grown.step + 10, 60, "10 steps on 3 nodes"
+        )
+        assert c.cancel_job(job.job_id).status == "CANCELLED"
+    assert proc.wait(timeout=60) == 130
+    text = out.read_text()
+    assert "node node-2 is group rank 2 of 3" in text, text[-3000:]
+    assert re.search(r"resumed from \S+ at step [1-9]\d*", text), text[-3000:]
 
 
 def test_quarantining_a_node_moves_its_job_off_it(cell, tmp_path):

@@ -305,6 +305,71 @@ def test_rendezvous_closes_when_max_nodes_joined_and_orders_by_address(coord):
     assert list(ra.nodes) == ["a", "b"]
 
 
+def _join(coord, job_id: str, node: str, addr: str):
+    """RendezvousJoin as node ``node``'s launcher would call it (a coroutine)."""
+
+    async def go():
+        channel, stub = async_stub(coord.address)
+        try:
+            request = pb.JoinRequest(
+                run_id=job_id, node_id=node, addr=addr, port=1234, nodes_min=2, nodes_max=3
+            )
+            return await stub.RendezvousJoin(request, timeout=20)
+        finally:
+            await channel.close()
+
+    return go()
+
+
+def test_a_job_succeeds_with_its_round_while_an_added_node_is_still_joining(coord, client):
+    """The round's members finish before a node added mid-run joins: the job succeeds and
+    the late node is stopped, its join answered (not left waiting for a round)."""
+    import asyncio
+
+    _register(coord, "node-a", slots=1)
+    _register(coord, "node-b", slots=1)
+    job = client.submit_job(_job(nodes_min=2, nodes_max=3)).job
+
+    async def first_round():
+        return await asyncio.gather(
+            _join(coord, job.job_id, "node-a", "10.0.0.1"),
+            _join(coord, job.job_id, "node-b", "10.0.0.2"),
+        )
+
+    assert [r.round for r in coord.run(first_round())] == [1, 1]
+    _register(coord, "node-c", slots=1)
+    assert list(client.get_job(job.job_id).job.nodes) == ["node-a", "node-b", "node-c"]
+    late = asyncio.run_coroutine_threadsafe(
+        _join(coord, job.job_id, "node-c", "10.0.0.3"), coord.loop
+    )
+    rendezvous = coord.coordinator.jobs.rendezvous
+    wait_for(lambda: "node-c" in rendezvous.run(job.job_id).waiting, 10, "node-c waiting")
+
+    async def report(node: str):
+        channel, stub = async_stub(coord.address)
+        done = pb.JobReport(job_id=job.job_id, state="succeeded", step=100)
+
+        async def beats():
+            yield pb.AgentHeartbeat(node_id=node, epoch=1, seq=1, jobs=[done], want_ack=True)
+
+        try:
+            return [m async for m in stub.Heartbeat(beats())]
+        finally:
+            await channel.close()
+
+    coord.run(report("node-a"))
+    assert client.get_job(job.job_id).job.status == "RUNNING"
+    coord.run(report("node-b"))
+    final = client.get_job(job.job_id)
+    assert final.job.status == "SUCCEEDED" and final.job.world_size == 2
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        late.result(10)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "closed" in (info.value.details() or "")
+    (message,) = _stream(coord, "node-c", epoch=1, want_ack=False)
+    assert job.job_id in message.stop_jobs
+
+
 def test_placement_and_rendezvous_are_traced(coord, client):
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 

@@ -210,6 +210,9 @@ class CoordinatorRendezvous(RendezvousHandler):
                 if "did not close" in str(error) or "timed out" in str(error):
                     raise RendezvousTimeoutError(str(error)) from None
                 raise
+        # Whoever waited is in this round now. A count cached before it would restart the new
+        # workers at once (and make the others restart in turn, round after round).
+        self._waiting = (time.monotonic(), 0)
         rank, world = reply.group_rank, reply.group_world_size
         store = TCPStore(
             reply.master_addr,
