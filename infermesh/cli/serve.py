@@ -66,6 +66,13 @@ def serve(
     strategy: Annotated[
         str, typer.Option(help="Router strategy with --replicas.")
     ] = "power_of_two",
+    max_restarts: Annotated[
+        int,
+        typer.Option(
+            help="With --replicas: restarts of a replica that keeps exiting (each within a "
+            "minute of its start) before it is given up on."
+        ),
+    ] = 5,
     tls_dir: TlsDirHttp = "",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
 ) -> None:
@@ -94,7 +101,7 @@ def serve(
         else:  # replicas listen on loopback; the router is the public (TLS) port
             server = ServerConfig(**{**server.__dict__, "host": "127.0.0.1", "tls_dir": ""})
             router = RouterConfig(host=host, port=port, strategy=strategy, tls_dir=tls_dir)
-            run_replicas(server, replicas, router)
+            run_replicas(server, replicas, router, max_restarts)
     except InferMeshError as e:
         _fail(e)
 

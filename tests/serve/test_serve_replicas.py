@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -45,6 +49,63 @@ def test_two_replicas_behind_the_router_serve_whole_and_streamed(tiny_ckpt: Path
         assert all(p.poll() is not None for p in procs)
 
     run(body, timeout=120)
+
+
+@pytest.mark.slow
+def test_a_replica_that_exits_is_restarted_and_one_that_keeps_failing_is_given_up(
+    tiny_ckpt: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt, symlinks=True)
+
+    async def body() -> None:
+        rs = ReplicaSet(
+            ServerConfig(checkpoint=str(ckpt)),
+            2,
+            RouterConfig(port=0),
+            max_restarts=2,
+            backoff_s=0.05,
+        )
+        port = await rs.start()
+        url = f"http://127.0.0.1:{port}"
+        req = {"prompt": "def", "max_tokens": 4, "temperature": 0}
+
+        async def all_answered(s: aiohttp.ClientSession, n: int) -> None:
+            outs = [await post(s, url + "/v1/completions", req) for _ in range(n)]
+            assert [o[0] for o in outs] == [200] * n
+
+        async def until(predicate: Any, what: str) -> None:
+            for _ in range(600):  # 60 s
+                if predicate():
+                    return
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"timed out waiting for {what}")
+
+        try:
+            async with aiohttp.ClientSession() as s:
+                first = rs.urls[0]
+                rs.procs[0].kill()
+                await all_answered(s, 4)  # the other replica answers meanwhile
+                await until(lambda: rs.urls[0] not in ("", first), "replica 0 back")
+                assert rs.restarts == [1, 0]
+                async with s.get(url + "/v1/models") as r:
+                    assert (await r.json())["data"][0]["backends"] == 2
+                await all_answered(s, 4)
+                # a replica that cannot come back (its checkpoint is gone) is given up on
+                shutil.rmtree(ckpt)
+                rs.procs[0].kill()
+                await until(lambda: rs._keepers[0].done(), "replica 0 given up")
+                assert rs.urls[0] == "" and rs.restarts == [2, 0]
+                await all_answered(s, 2)
+        finally:
+            await rs.close()
+
+    with caplog.at_level(logging.INFO, logger="infermesh.serve.replicas"):
+        run(body, timeout=150)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("replica 0 is back on http://") for m in messages), messages
+    assert any(m.startswith("replica 0 exited with code") and "not restarting it (1 of 2" in m
+               for m in messages), messages  # fmt: skip
 
 
 @pytest.mark.slow
