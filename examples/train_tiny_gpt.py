@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from infermesh.core.config import compose_config, one_line, to_dataclass
 from infermesh.core.errors import CheckpointError, UsageError
 from infermesh.models.tiny_gpt import CharTokenizer, TinyGPT, TinyGPTConfig
-from infermesh.train import heartbeat, prepare
+from infermesh.train import heartbeat, leave_process_group, prepare
 from infermesh.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from infermesh.train.data import DataConfig, TokenBatchSampler, build_tokenizer, load_corpus
 
@@ -251,11 +251,12 @@ class _Trainer:
                 "resumed from %s at step %d (data position %d)", resumed_from, self.step, position
             )
         self.net: torch.nn.Module = self.model
+        self.hook = None
         if self.distributed:
             ids = [device.index] if device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
             if tr.mesh_hook:
-                prepare(self.net)
+                self.hook = prepare(self.net)
         self.sampler = TokenBatchSampler(
             tokens,
             batch_size=data.batch_size,
@@ -346,6 +347,8 @@ class _Trainer:
             if self.step % tr.ckpt_every == 0 or self.step == tr.max_steps:
                 checkpoint = self._save()
         elapsed = time.perf_counter() - t_start
+        if self.hook is not None:
+            self.hook.close()  # the last step's collective timings reach the agent
         ran = self.step - start_step
         steps = f"{self.step} steps" + (f" (resumed at {start_step})" if start_step else "")
         if ran == 0:
@@ -369,19 +372,17 @@ def train(job: JobConfig) -> str:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if launched else 0
+    world = dist.get_world_size() if launched else 1
     try:
-        rank = dist.get_rank() if launched else 0
-        world = dist.get_world_size() if launched else 1
-        summary = _Trainer(job, device, rank, world).run()  # frees the DDP model on return
+        summary = _Trainer(job, device, rank, world).run()  # drops the DDP model on return
+    except BaseException:
         if launched:
-            # every rank is done with its gloo pairs before any tears them down; without
-            # this, gloo sometimes aborts a rank at exit ("terminate called without an
-            # active exception")
-            dist.barrier()
-        return summary
-    finally:
-        if launched:
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # no barrier: the other ranks may never reach one
+        raise
+    if launched:
+        leave_process_group()
+    return summary
 
 
 @record

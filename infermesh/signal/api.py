@@ -46,11 +46,12 @@ __all__ = [
     "register_collector",
 ]
 
-SAMPLE_LABEL_KEYS: tuple[str, ...] = (*LABELS, "link", "iface", "nvlink", "mig")
-"""Label keys a sample may carry: the shared vocabulary plus four that only samples need --
+SAMPLE_LABEL_KEYS: tuple[str, ...] = (*LABELS, "link", "iface", "nvlink", "mig", "backend")
+"""Label keys a sample may carry: the shared vocabulary plus five that only samples need --
 ``link`` (collective link class: ``intra``, ``inter``, ``world``), ``iface`` (network
-interface), ``nvlink`` (NVLink lane index) and ``mig`` (MIG instance index). They never
-become Prometheus labels (see :mod:`.export`)."""
+interface), ``nvlink`` (NVLink lane index), ``mig`` (MIG instance index) and ``backend`` (a
+training job's process-group backend). They never become Prometheus labels (see
+:mod:`.export`)."""
 
 _KEYS = frozenset(SAMPLE_LABEL_KEYS)
 

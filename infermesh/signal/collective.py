@@ -9,12 +9,16 @@ dropped and counted (the count rides on the next message that gets through).
 
 In the agent, :class:`CollectiveReceiver` binds the endpoint and :class:`CollectiveCollector`
 turns what arrived since the last collection into samples: cumulative bytes, seconds and
-counts per (job, rank, link class, algorithm) and the effective bandwidth per link class.
+counts per (job, rank, link class, algorithm), the effective bandwidth per link class, and
+the job's gradient and bucket bytes (``comm.grad_bytes`` / ``comm.bucket_bytes``, from the
+``shape`` the hook sends). :func:`job_figures` reads a job's figures back out of samples:
+the coordinator plans the job's collectives from them, ``infermesh topo plan JOB`` prints them.
 
 Wire format (one zmq frame, UTF-8 JSON, version 1)::
 
     {"v": 1, "job": "j1", "rank": 3, "dropped": 0,
-     "records": [[ts, step, algorithm, compression, group, bytes, seconds, emulated], ...]}
+     "records": [[ts, step, algorithm, compression, group, bytes, seconds, emulated], ...],
+     "shape": [grad_bytes, bucket_bytes, backend]}     # optional
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import logging
 import os
 import threading
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from statistics import median
 
 import zmq
 
 from infermesh.core.errors import UsageError
-from infermesh.signal.api import Collector, CollectorError, Sample, format_labels
+from infermesh.signal.api import Collector, CollectorError, Sample, format_labels, parse_labels
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +46,9 @@ __all__ = [
     "CollectiveReceiver",
     "CollectiveRecord",
     "CollectiveSender",
+    "JobFigures",
     "ipc_endpoint",
+    "job_figures",
     "link_class",
     "sender_from_env",
 ]
@@ -96,6 +104,8 @@ class CollectiveMessage:
     """Messages this sender dropped (agent absent or slow) since its previous message."""
     stragglers: tuple[tuple[int, int, float, float], ...] = ()
     """(step, rank, busy seconds/step, other ranks' median) of ranks the hook found slow."""
+    shape: tuple[int, int, str] | None = None
+    """(gradient bytes per step, DDP bucket bytes, backend) of the sender's job."""
 
     def encode(self) -> bytes:
         rows = [
@@ -106,6 +116,8 @@ class CollectiveMessage:
         doc["records"] = rows
         if self.stragglers:
             doc["stragglers"] = [list(s) for s in self.stragglers]
+        if self.shape is not None:
+            doc["shape"] = list(self.shape)
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -128,12 +140,17 @@ class CollectiveMessage:
                 (int(step), int(rank), float(busy), float(others))
                 for step, rank, busy, others in doc.get("stragglers", ())
             )
+            shape = None
+            if "shape" in doc:
+                grad, bucket, backend = doc["shape"]
+                shape = (int(grad), int(bucket), str(backend))
             return cls(
                 str(doc["job"]),
                 int(doc["rank"]),
                 records,
                 int(doc.get("dropped", 0)),
                 stragglers,
+                shape,
             )
         except UsageError:
             raise
@@ -156,6 +173,8 @@ class CollectiveSender:
         self._stragglers: list[tuple[int, int, float, float]] = []
         self.dropped = 0
         self.sent = 0
+        self.shape: tuple[int, int, str] | None = None
+        """(gradient bytes per step, bucket bytes, backend): sent with every message."""
         self._unreported = 0
         self._sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
@@ -193,6 +212,7 @@ class CollectiveSender:
             tuple(self._pending),
             self._unreported,
             tuple(self._stragglers),
+            self.shape,
         )
         self._pending = []
         self._stragglers = []
@@ -303,7 +323,10 @@ class CollectiveCollector(Collector):
         touched: set[str] = set()
         out_events: list[Sample] = []
         dropped = False
+        shapes: dict[str, tuple[int, int, str]] = {}
         for msg in self.receiver.receive():
+            if msg.shape is not None:
+                shapes[msg.job] = msg.shape
             if msg.dropped:
                 self._dropped += msg.dropped
                 dropped = True
@@ -329,6 +352,10 @@ class CollectiveCollector(Collector):
                 iv.seconds += r.seconds
                 iv.ts = max(iv.ts, r.ts)
         out: list[Sample] = out_events
+        for job, (grad, bucket, backend) in shapes.items():
+            shape_labels = format_labels(job=job, backend=backend)
+            out.append(Sample("comm.grad_bytes", grad, now, shape_labels))
+            out.append(Sample("comm.bucket_bytes", bucket, now, format_labels(job=job)))
         for key in touched:
             t = self._totals[key]
             out.append(Sample("comm.allreduce_bytes", t.bytes, t.ts, key))
@@ -350,3 +377,37 @@ class CollectiveCollector(Collector):
 
     def close(self) -> None:
         self.receiver.close()
+
+
+@dataclass(frozen=True)
+class JobFigures:
+    """What the signal plane measured of one training job (zeros: not reported yet)."""
+
+    grad_bytes: int = 0
+    """Gradient bytes all-reduced per step (the MeshHook's model)."""
+    bucket_bytes: int = 0
+    """DDP's bucket size."""
+    backend: str = ""
+    """``gloo`` or ``nccl``."""
+    bandwidths: dict[str, float] = field(default_factory=dict)
+    """Median measured bandwidth (bytes/s) by link class (``intra``, ``inter``, ``world``)
+    over the nodes the samples came from."""
+
+
+def job_figures(job: str, samples: Iterable[tuple[str, str, float]]) -> JobFigures:
+    """The figures of ``job`` in ``(name, labels, value)`` samples of its nodes' signals."""
+    grad = bucket = 0
+    backend = ""
+    measured: dict[str, list[float]] = defaultdict(list)
+    for name, labels, value in samples:
+        if name == "comm.link_bandwidth_bytes_per_s":
+            measured[parse_labels(labels).get("link", "world")].append(value)
+        elif name in ("comm.grad_bytes", "comm.bucket_bytes"):
+            parsed = parse_labels(labels)
+            if parsed.get("job") != job:
+                continue
+            if name == "comm.grad_bytes":
+                grad, backend = int(value), parsed.get("backend", "")
+            else:
+                bucket = int(value)
+    return JobFigures(grad, bucket, backend, {k: median(v) for k, v in measured.items()})

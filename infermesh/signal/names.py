@@ -154,6 +154,15 @@ _TABLE = [
     ),
     _spec("comm.dropped", COUNTER, "messages", "", "Collective messages the agent dropped."),
     _spec(
+        "comm.grad_bytes",
+        GAUGE,
+        "bytes",
+        "job,backend",
+        "Gradient bytes a training job all-reduces per step, and its process-group backend "
+        "(the MeshHook's model; the coordinator plans the job's collectives with it).",
+    ),
+    _spec("comm.bucket_bytes", GAUGE, "bytes", "job", "DDP bucket size of a training job."),
+    _spec(
         "train.straggler",
         EVENT,
         "ratio",

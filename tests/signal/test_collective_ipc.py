@@ -21,7 +21,9 @@ from infermesh.signal.collective import (
     CollectiveReceiver,
     CollectiveRecord,
     CollectiveSender,
+    JobFigures,
     ipc_endpoint,
+    job_figures,
     link_class,
 )
 
@@ -174,6 +176,7 @@ def test_endpoint_errors_name_the_fix(tmp_path: Path) -> None:
 _WORKER = """
 import os, sys, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from infermesh.train import leave_process_group
 from infermesh.train.hooks import MeshHookConfig, prepare
 dist.init_process_group("gloo")
 torch.manual_seed(0)
@@ -182,10 +185,9 @@ hook = prepare(model, MeshHookConfig(fixed_plan="ring/none", job="ipc-test"))
 assert hook.signal is not None
 for _ in range(3):
     model(torch.randn(8, 64)).sum().backward()
-hook.signal.close()
-del hook, model  # free DDP's reducer before the group (torch 2.13 teardown, docs/LAUNCHER.md)
-dist.barrier()
-dist.destroy_process_group()
+hook.close()
+del hook, model
+leave_process_group()
 """
 
 
@@ -226,3 +228,29 @@ def test_mesh_hook_in_ddp_workers_sends_its_collectives_to_the_agent(tmp_path: P
         "job=ipc-test,link=world,rank=0,strategy=ring": 3.0,
         "job=ipc-test,link=world,rank=1,strategy=ring": 3.0,
     }
+    # the job's shape rides along: what the coordinator plans the job's collectives with
+    figures = job_figures("ipc-test", [(s.name, s.labels, s.value) for s in got])
+    assert (figures.grad_bytes, figures.bucket_bytes) == (64 * 64 * 4 + 64 * 4, 25 * 2**20)
+    assert figures.backend == "gloo" and figures.bandwidths.keys() == {"world"}
+
+
+def test_job_figures_take_only_the_named_job_and_the_median_bandwidth() -> None:
+    samples = [
+        ("comm.grad_bytes", "backend=nccl,job=train-10", 9e9),
+        ("comm.grad_bytes", "backend=gloo,job=train-1", 4096.0),
+        ("comm.bucket_bytes", "job=train-1", 1024.0),
+        ("comm.link_bandwidth_bytes_per_s", "link=inter", 1e9),
+        ("comm.link_bandwidth_bytes_per_s", "link=inter", 3e9),
+        ("comm.link_bandwidth_bytes_per_s", "link=inter", 2e9),
+        ("gpu.util", "gpu=0", 50.0),
+    ]
+    assert job_figures("train-1", samples) == JobFigures(4096, 1024, "gloo", {"inter": 2e9})
+    assert job_figures("train-2", []) == JobFigures()
+
+
+def test_the_shape_survives_the_wire_and_old_messages_have_none() -> None:
+    msg = CollectiveMessage("j", 0, (), shape=(4096, 1024, "gloo"))
+    assert CollectiveMessage.decode(msg.encode()).shape == (4096, 1024, "gloo")
+    assert CollectiveMessage.decode(b'{"v": 1, "job": "j", "rank": 0, "records": []}').shape is None
+    with pytest.raises(UsageError, match="malformed collective message"):
+        CollectiveMessage.decode(b'{"v": 1, "job": "j", "rank": 0, "records": [], "shape": [1]}')

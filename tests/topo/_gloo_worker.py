@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from infermesh.train import leave_process_group
 from infermesh.train.hooks import MeshHookConfig, prepare
 from infermesh.train.hooks.mesh_hook import PLAN_ENV
 from infermesh.train.planning import Algorithm, Compression, PlanChoice
@@ -149,11 +150,8 @@ def worker(rank: int, world: int, store_path: str, out: str, names: list[str]) -
     torch.set_num_threads(1)
     os.environ["LOCAL_WORLD_SIZE"] = "2"
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
-    try:
-        result = {name: _scenario(name, rank, world) for name in names}
-        dist.barrier()  # nobody tears down gloo pairs another rank still uses
-    finally:
-        dist.destroy_process_group()
+    result = {name: _scenario(name, rank, world) for name in names}
+    leave_process_group()
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
 
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from collections.abc import Iterator
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from infermesh.train.hooks import MeshHook, MeshHookConfig, emulation_notes, mesh_hook, nccl_groups
 from infermesh.train.hooks.nccl_groups import (
@@ -165,15 +163,6 @@ def test_gloo_notes_are_unchanged() -> None:
 
 
 # -- the hook on a one-rank gloo group -------------------------------------------------------
-
-
-@pytest.fixture
-def gloo_world() -> Iterator[None]:
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def _hook(config: MeshHookConfig | None = None) -> MeshHook:

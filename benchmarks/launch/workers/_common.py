@@ -57,17 +57,3 @@ def train_step(model: DistributedDataParallel, opt: torch.optim.Optimizer) -> fl
     loss.backward()  # DDP all-reduces the gradients here
     opt.step()
     return float(loss.item())
-
-
-def teardown() -> None:
-    """Leave the process group cleanly.
-
-    The barrier keeps one rank from tearing down its gloo pairs while the other still uses
-    them (that race aborts a worker with "terminate called without an active exception").
-    Callers drop their DDP model first: a DDP reducer that holds the last reference to a
-    destroyed gloo group joins gloo's thread while holding the GIL, and that thread may need
-    the GIL to free its last work item, a deadlock seen with torch 2.13.
-    """
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()

@@ -6,7 +6,9 @@ forward/backward/optimizer step is done, then leaves the process group and exits
 
 from __future__ import annotations
 
-from _common import record, setup, teardown, train_step
+from _common import record, setup, train_step
+
+from infermesh.train import leave_process_group
 
 
 def main() -> None:
@@ -14,8 +16,8 @@ def main() -> None:
     model, opt, rank = setup()
     train_step(model, opt)
     record(f"first_step.rank{rank}")
-    del model, opt  # before teardown(): see its docstring
-    teardown()
+    del model, opt  # before leaving the group: see leave_process_group's docstring
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 
-from _common import record, setup, teardown, train_step
+from _common import record, setup, train_step
+
+from infermesh.train import leave_process_group
 
 FAIL_STEP = 5
 """The step (1-based) at which rank 1 dies in attempt 0."""
@@ -33,8 +35,8 @@ def main() -> None:
         train_step(model, opt)
         if attempt != "0" and step == 1:
             record(f"restart_step.rank{rank}")
-    del model, opt  # before teardown(): see its docstring
-    teardown()
+    del model, opt  # before leaving the group: see leave_process_group's docstring
+    leave_process_group()
 
 
 if __name__ == "__main__":

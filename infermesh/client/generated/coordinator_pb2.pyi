@@ -219,19 +219,41 @@ class Assignment(_message.Message):
     rdzv_endpoint: str
     def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., rdzv_endpoint: _Optional[str] = ...) -> None: ...
 
+class CollectivePlan(_message.Message):
+    __slots__ = ("job_id", "version", "algorithm", "compression", "fusion_bytes", "predicted_s", "reason", "planned_at")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    FUSION_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_S_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_AT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    version: int
+    algorithm: str
+    compression: str
+    fusion_bytes: int
+    predicted_s: float
+    reason: str
+    planned_at: float
+    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., algorithm: _Optional[str] = ..., compression: _Optional[str] = ..., fusion_bytes: _Optional[int] = ..., predicted_s: _Optional[float] = ..., reason: _Optional[str] = ..., planned_at: _Optional[float] = ...) -> None: ...
+
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("ack_seq", "received_at", "assign", "stop_jobs", "fenced")
+    __slots__ = ("ack_seq", "received_at", "assign", "stop_jobs", "fenced", "plans")
     ACK_SEQ_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     STOP_JOBS_FIELD_NUMBER: _ClassVar[int]
     FENCED_FIELD_NUMBER: _ClassVar[int]
+    PLANS_FIELD_NUMBER: _ClassVar[int]
     ack_seq: int
     received_at: float
     assign: _containers.RepeatedCompositeFieldContainer[Assignment]
     stop_jobs: _containers.RepeatedScalarFieldContainer[str]
     fenced: str
-    def __init__(self, ack_seq: _Optional[int] = ..., received_at: _Optional[float] = ..., assign: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., stop_jobs: _Optional[_Iterable[str]] = ..., fenced: _Optional[str] = ...) -> None: ...
+    plans: _containers.RepeatedCompositeFieldContainer[CollectivePlan]
+    def __init__(self, ack_seq: _Optional[int] = ..., received_at: _Optional[float] = ..., assign: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., stop_jobs: _Optional[_Iterable[str]] = ..., fenced: _Optional[str] = ..., plans: _Optional[_Iterable[_Union[CollectivePlan, _Mapping]]] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()
@@ -306,7 +328,7 @@ class JobSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., nproc_per_node: _Optional[int] = ..., nodes_min: _Optional[int] = ..., nodes_max: _Optional[int] = ..., workdir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., max_restarts: _Optional[int] = ..., constraints: _Optional[_Mapping[str, str]] = ..., cell: _Optional[str] = ..., tenant: _Optional[str] = ..., launcher_args: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "spec", "status", "created_at", "updated_at", "restarts", "world_size", "nodes", "step", "steps_per_s", "message", "round")
+    __slots__ = ("job_id", "spec", "status", "created_at", "updated_at", "restarts", "world_size", "nodes", "step", "steps_per_s", "message", "round", "plan")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -319,6 +341,7 @@ class Job(_message.Message):
     STEPS_PER_S_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: JobSpec
     status: str
@@ -331,7 +354,8 @@ class Job(_message.Message):
     steps_per_s: float
     message: str
     round: int
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., status: _Optional[str] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., restarts: _Optional[int] = ..., world_size: _Optional[int] = ..., nodes: _Optional[_Iterable[str]] = ..., step: _Optional[int] = ..., steps_per_s: _Optional[float] = ..., message: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+    plan: CollectivePlan
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., status: _Optional[str] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., restarts: _Optional[int] = ..., world_size: _Optional[int] = ..., nodes: _Optional[_Iterable[str]] = ..., step: _Optional[int] = ..., steps_per_s: _Optional[float] = ..., message: _Optional[str] = ..., round: _Optional[int] = ..., plan: _Optional[_Union[CollectivePlan, _Mapping]] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("seq", "ts", "kind", "subject", "from_state", "to_state", "reason")

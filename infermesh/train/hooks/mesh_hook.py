@@ -291,6 +291,8 @@ class MeshHook:
         }
         self.signal = collective.sender_from_env(self._labels["job"], self.rank)
         """Sends every record to the local agent when ``INFERMESH_SIGNAL_IPC`` is set."""
+        if self.signal is not None:  # the coordinator plans the job's collectives with it
+            self.signal.shape = (job.grad_bytes, job.bucket_bytes, self.backend)
         self._intra: dist.ProcessGroup | None = None
         self._inter: dist.ProcessGroup | None = None
         if job.nodes > 1 and g > 1:
@@ -425,7 +427,8 @@ class MeshHook:
             self._window[2] += 1
             for group, (_, seconds, _) in self._step_groups.items():
                 self._window_groups[group] = self._window_groups.get(group, 0.0) + seconds
-            if self.replanner is not None and self.choice is not None:
+            # one rank: its "collectives" move nothing and the model prices none
+            if self.replanner is not None and self.choice is not None and self.world > 1:
                 self.replanner.observe(self.choice, comm_s)
                 for group, (nbytes, seconds, calls) in self._step_groups.items():
                     self.replanner.observe_group(self.choice, group, nbytes, seconds, int(calls))
@@ -725,6 +728,15 @@ class MeshHook:
         with the links fitted from the measurements so far, else the profile's)."""
         links = self.replanner.links if self.replanner is not None else self.links
         return step_time(choice, self.job, links, self.planner_config.powersgd_rank)
+
+    def close(self) -> None:
+        """After the last step: record the collectives still being timed and send the last
+        figures to the agent (the last step's durations are otherwise read at a next step
+        that never comes)."""
+        self._resolve()
+        if self.signal is not None:
+            self.signal.close()
+            self.signal = None
 
     def current_plan(self) -> CollectivePlan | None:
         """Rank 0: the planner's full plan (with alternatives); None on other ranks."""
