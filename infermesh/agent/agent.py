@@ -41,7 +41,7 @@ from infermesh.client.coordinator import async_stub
 from infermesh.client.generated import coordinator_pb2 as pb
 from infermesh.core.errors import UsageError
 from infermesh.core.net import host_address
-from infermesh.security.tls import ClientTls
+from infermesh.security.tls import CLIENT_ENV, ClientTls, client_env
 from infermesh.signal.collective import IPC_ENV
 
 logger = logging.getLogger(__name__)
@@ -301,8 +301,9 @@ class NodeAgent:
             INFERMESH_COORDINATOR=self.coordinator,
             INFERMESH_PARENT_PID=str(os.getpid()),
         )
-        if self.tls is not None and self.tls.files is not None:
-            env.update(self.tls.files.env())  # the launcher's rendezvous uses the node's bundle
+        for name in CLIENT_ENV:  # the launcher's rendezvous reaches the coordinator as we do
+            env.pop(name, None)
+        env.update(client_env(self.tls))
         env.setdefault("PYTHONUNBUFFERED", "1")
         cwd = spec.workdir or str(self.workdir)
         logger.info("starting job %s: %s", assignment.job_id, " ".join(cmd))

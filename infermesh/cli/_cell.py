@@ -1,20 +1,25 @@
-"""What the cell commands (``nodes``, ``jobs``, ``stats``) share: the coordinator option,
-``--json`` output, tables, human-readable times, and exit codes.
+"""What the commands that talk to the coordinator share: the connection options, ``--json``
+output, tables, human-readable times, and exit codes.
+
+Connection options: :func:`with_connection` gives a command ``--coordinator``, ``--tls-dir``,
+``--ca``, ``--cert``, ``--key``, ``--token``, ``--tls-server-name`` and ``--insecure`` (each
+falling back to its environment variable) and hands them to it as one
+:class:`~infermesh.client.connection.Connection`.
 
 Exit codes: 0 ok; 1 the call failed (coordinator unreachable, refused) or the job failed;
-2 bad input (a flag, an override, no coordinator configured); 3 the node or job does not
-exist. Following a job's logs ends with the job's own code (0 SUCCEEDED, 1 FAILED,
-130 CANCELLED or Ctrl-C).
+2 bad input (a flag, an override, no coordinator configured, clashing TLS options); 3 the
+node or job does not exist. Following a job's logs ends with the job's own code
+(0 SUCCEEDED, 1 FAILED, 130 CANCELLED or Ctrl-C).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import grpc
@@ -25,29 +30,92 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from infermesh.client.coordinator import (
-    COORDINATOR_ENV,
-    CoordinatorClient,
-    CoordinatorError,
-    NotFound,
-    require_address,
-)
+from infermesh.client.connection import Connection
+from infermesh.client.coordinator import CoordinatorError, NotFound
 from infermesh.core.errors import InferMeshError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
 EXIT_HELP = "Exit codes: 0 ok, 1 the call failed, 2 bad input, 3 no such node or job."
 
+# -- connection options (client commands; `coordinator start` / `agent start` reuse the TLS ones)
 CoordinatorOpt = Annotated[
-    str | None,
+    str, typer.Option("--coordinator", help="Coordinator HOST:PORT ($INFERMESH_COORDINATOR).")
+]
+TlsDirOpt = Annotated[
+    str,
     typer.Option(
-        "--coordinator",
-        help=f"Coordinator HOST:PORT (default: ${COORDINATOR_ENV}).",
-        show_default=False,
+        "--tls-dir",
+        help="Directory with ca.pem, cert.pem, key.pem (from `infermesh certs issue`); "
+        "$INFERMESH_TLS_DIR.",
     ),
 ]
+CaOpt = Annotated[str, typer.Option("--ca", help="Cell CA file ($INFERMESH_TLS_CA).")]
+CertOpt = Annotated[str, typer.Option("--cert", help="Certificate file ($INFERMESH_TLS_CERT).")]
+KeyOpt = Annotated[str, typer.Option("--key", help="Private key file ($INFERMESH_TLS_KEY).")]
+InsecureOpt = Annotated[
+    bool,
+    typer.Option("--insecure", help="Plaintext on purpose (local development only)."),
+]
+TokenOpt = Annotated[
+    str, typer.Option("--token", help="JWT bearer token ($INFERMESH_TOKEN); needs TLS.")
+]
+ServerNameOpt = Annotated[
+    str,
+    typer.Option(
+        "--tls-server-name",
+        help="Name to verify in the coordinator certificate ($INFERMESH_TLS_SERVER_NAME).",
+    ),
+]
+_CONNECTION_OPTIONS = {
+    "coordinator": CoordinatorOpt,
+    "tls_dir": TlsDirOpt,
+    "ca": CaOpt,
+    "cert": CertOpt,
+    "key": KeyOpt,
+    "token": TokenOpt,
+    "tls_server_name": ServerNameOpt,
+    "insecure": InsecureOpt,
+}
+"""Command parameter -> option, one per :class:`Connection` field (same names)."""
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
 ]
+
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_connection(fn: Callable[..., R]) -> Callable[..., R]:
+    """Give a command the connection options in place of its ``conn: Connection`` parameter.
+
+    typer reads the command's signature: the wrapper shows the eight options where ``conn``
+    was and calls ``fn`` with them gathered into one :class:`Connection`. Nothing is checked
+    here; opening the connection (``conn.client()``) raises UsageError on bad options.
+    """
+    signature = inspect.signature(fn, eval_str=True)
+    if "conn" not in signature.parameters:
+        raise TypeError(f"{fn.__qualname__} needs a `conn: Connection` parameter")
+    defaults = Connection()
+    params: list[inspect.Parameter] = []
+    for param in signature.parameters.values():
+        if param.name != "conn":
+            params.append(param)
+            continue
+        for name, annotation in _CONNECTION_OPTIONS.items():
+            default = getattr(defaults, name)
+            params.append(
+                inspect.Parameter(name, param.kind, default=default, annotation=annotation)
+            )
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        given = {name: kwargs.pop(name) for name in _CONNECTION_OPTIONS if name in kwargs}
+        return fn(*args, conn=Connection(**given), **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
 
 STATUS_STYLES = {
     "ALIVE": "green",
@@ -62,8 +130,6 @@ STATUS_STYLES = {
     "FAILED": "red",
     "CANCELLED": "magenta",
 }
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -90,13 +156,6 @@ def command(fn: F) -> F:
             raise fail(str(e), EXIT_FAILED) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-@contextmanager
-def connect(coordinator: str | None, timeout_s: float = 10.0) -> Iterator[CoordinatorClient]:
-    """A client of ``--coordinator`` or ``$INFERMESH_COORDINATOR``; UsageError if neither."""
-    with CoordinatorClient(require_address(coordinator), timeout_s=timeout_s) as client:
-        yield client
 
 
 # -- output ----------------------------------------------------------------------------------

@@ -22,17 +22,17 @@ import typer
 
 from infermesh.agent.agent import NodeAgent
 from infermesh.agent.telemetry import Telemetry
-from infermesh.cli.security import (
+from infermesh.cli._cell import (
     CaOpt,
     CertOpt,
     InsecureOpt,
     KeyOpt,
     ServerNameOpt,
     TlsDirOpt,
-    client_tls,
-    server_security,
 )
-from infermesh.client.coordinator import DEFAULT_PORT, parse_address, pb, require_address
+from infermesh.cli.security import server_security
+from infermesh.client.connection import Connection
+from infermesh.client.coordinator import DEFAULT_PORT, parse_address, pb
 from infermesh.control.coordinator import Coordinator, check_port, default_store_url
 from infermesh.core.errors import InferMeshError, UsageError
 from infermesh.security.tls import ENV_CA, ENV_CERT, ENV_DIR, ENV_KEY, ClientTls
@@ -215,10 +215,18 @@ def agent_start(
     _metrics(metrics_port, "0.0.0.0")
 
     async def main() -> None:
-        tls = client_tls(tls_dir, ca, cert, key, server_name=tls_server_name, insecure=insecure)
-        address = require_address(coordinator or None)
+        conn = Connection(
+            coordinator=coordinator,
+            tls_dir=tls_dir,
+            ca=ca,
+            cert=cert,
+            key=key,
+            tls_server_name=tls_server_name,
+            insecure=insecure,
+        )
+        tls = conn.tls()
         agent = _make_agent(
-            address,
+            conn.address(),
             node_id or socket.gethostname(),
             cell,
             Path(workdir),

@@ -15,18 +15,18 @@ import typer
 
 from infermesh.cli._cell import (
     EXIT_HELP,
-    CoordinatorOpt,
     JsonOpt,
     ago,
     command,
-    connect,
     console,
     duration,
     print_json,
     status_text,
     table,
     to_dict,
+    with_connection,
 )
+from infermesh.client.connection import Connection
 from infermesh.client.coordinator import pb
 from infermesh.train.launcher.job_config import job_from_config
 from infermesh.train.launcher.submit import follow as follow_job
@@ -53,6 +53,7 @@ def _print_json_line(line: pb.LogLine) -> None:
 
 @app.command("submit")
 @command
+@with_connection
 def submit(
     overrides: Annotated[
         list[str] | None,
@@ -72,7 +73,8 @@ def submit(
     config_dir: Annotated[
         str, typer.Option("--config-dir", help="Folder that holds job/NAME.yaml.")
     ] = "configs",
-    coordinator: CoordinatorOpt = None,
+    *,
+    conn: Connection,
     json: Annotated[
         bool,
         typer.Option("--json", help="Print the submission as JSON and return (like --detach)."),
@@ -86,7 +88,7 @@ def submit(
     """
     job = job_from_config(config_dir, list(overrides or []))
     spec = job_spec(job.options, job.launch.nproc_per_node)
-    with connect(coordinator) as client:
+    with conn.client() as client:
         reply = client.submit_job(spec, dry_run=dry_run)
         if json:
             print_json(reply)
@@ -122,6 +124,7 @@ def submit(
 
 @app.command("ls")
 @command
+@with_connection
 def ls(
     status: Annotated[
         str,
@@ -130,11 +133,12 @@ def ls(
     limit: Annotated[
         int, typer.Option("--limit", min=0, help="At most this many, newest first (0: all).")
     ] = 0,
-    coordinator: CoordinatorOpt = None,
+    *,
+    conn: Connection,
     json: JsonOpt = False,
 ) -> None:
     """List jobs, newest first: status, nodes, world size, step, restarts, age."""
-    with connect(coordinator) as client:
+    with conn.client() as client:
         jobs = client.list_jobs(status.strip().upper(), limit)
     if json:
         print_json(pb.ListJobsResponse(jobs=jobs))
@@ -160,9 +164,10 @@ def ls(
 
 @app.command("show")
 @command
-def show(job: JobArg, coordinator: CoordinatorOpt = None, json: JsonOpt = False) -> None:
+@with_connection
+def show(job: JobArg, conn: Connection, json: JsonOpt = False) -> None:
     """Show one job: spec, status, nodes, progress and its events."""
-    with connect(coordinator) as client:
+    with conn.client() as client:
         detail = client.get_job(job)
     if json:
         print_json(detail)
@@ -195,6 +200,7 @@ def show(job: JobArg, coordinator: CoordinatorOpt = None, json: JsonOpt = False)
 
 @app.command("logs")
 @command
+@with_connection
 def logs(
     job: JobArg,
     follow: Annotated[
@@ -204,7 +210,8 @@ def logs(
     tail: Annotated[
         int, typer.Option("--tail", min=0, help="Only the last N lines kept so far (0: all).")
     ] = 0,
-    coordinator: CoordinatorOpt = None,
+    *,
+    conn: Connection,
     json: Annotated[
         bool, typer.Option("--json", help="One JSON object per line (JSON Lines).")
     ] = False,
@@ -214,7 +221,7 @@ def logs(
     With -f, Ctrl-C stops following and leaves the job running.
     """
     write = _print_json_line if json else _print_line
-    with connect(coordinator) as client:
+    with conn.client() as client:
         if not follow:
             for line in client.job_logs(job, tail=tail):
                 write(line)
@@ -233,9 +240,10 @@ def logs(
 
 @app.command("cancel")
 @command
-def cancel(job: JobArg, coordinator: CoordinatorOpt = None, json: JsonOpt = False) -> None:
+@with_connection
+def cancel(job: JobArg, conn: Connection, json: JsonOpt = False) -> None:
     """Cancel a job: its workers are stopped on every node."""
-    with connect(coordinator) as client:
+    with conn.client() as client:
         before = client.get_job(job).job.status
         result = client.cancel_job(job)
     if json:

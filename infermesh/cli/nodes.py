@@ -8,17 +8,17 @@ import typer
 
 from infermesh.cli._cell import (
     EXIT_HELP,
-    CoordinatorOpt,
     JsonOpt,
     ago,
     command,
-    connect,
     console,
     print_json,
     size,
     status_text,
     table,
+    with_connection,
 )
+from infermesh.client.connection import Connection
 from infermesh.client.coordinator import CoordinatorClient, pb
 
 app = typer.Typer(
@@ -35,9 +35,10 @@ def _gpus(node: pb.Node) -> str:
 
 @app.command("ls")
 @command
-def ls(coordinator: CoordinatorOpt = None, json: JsonOpt = False) -> None:
+@with_connection
+def ls(conn: Connection, json: JsonOpt = False) -> None:
     """List nodes: status and since when, slots used/total, GPUs, last heartbeat, jobs."""
-    with connect(coordinator) as client:
+    with conn.client() as client:
         nodes = client.list_nodes()
     if json:
         print_json(pb.ListNodesResponse(nodes=nodes))
@@ -80,9 +81,10 @@ def _detail(client: CoordinatorClient, node_id: str) -> pb.NodeDetail:
 
 @app.command("show")
 @command
-def show(node: NodeArg, coordinator: CoordinatorOpt = None, json: JsonOpt = False) -> None:
+@with_connection
+def show(node: NodeArg, conn: Connection, json: JsonOpt = False) -> None:
     """Show one node: its spec, status, GPUs, jobs and latest events."""
-    with connect(coordinator) as client:
+    with conn.client() as client:
         detail = _detail(client, node)
     if json:
         print_json(detail)
@@ -130,8 +132,8 @@ def show(node: NodeArg, coordinator: CoordinatorOpt = None, json: JsonOpt = Fals
         out.print(t)
 
 
-def _set_state(node: str, action: str, reason: str, coordinator: str | None, json: bool) -> None:
-    with connect(coordinator) as client:
+def _set_state(node: str, action: str, reason: str, conn: Connection, json: bool) -> None:
+    with conn.client() as client:
         result = client.set_node_state(node, action, reason)
     if json:
         print_json(result)
@@ -147,35 +149,41 @@ def _set_state(node: str, action: str, reason: str, coordinator: str | None, jso
 
 @app.command("drain")
 @command
+@with_connection
 def drain(
     node: NodeArg,
     reason: ReasonOpt = "",
-    coordinator: CoordinatorOpt = None,
+    *,
+    conn: Connection,
     json: JsonOpt = False,
 ) -> None:
     """Stop placing new work on a node; jobs already there keep running."""
-    _set_state(node, "drain", reason, coordinator, json)
+    _set_state(node, "drain", reason, conn, json)
 
 
 @app.command("undrain")
 @command
+@with_connection
 def undrain(
     node: NodeArg,
     reason: ReasonOpt = "",
-    coordinator: CoordinatorOpt = None,
+    *,
+    conn: Connection,
     json: JsonOpt = False,
 ) -> None:
     """Return a drained or quarantined node to service."""
-    _set_state(node, "undrain", reason, coordinator, json)
+    _set_state(node, "undrain", reason, conn, json)
 
 
 @app.command("quarantine")
 @command
+@with_connection
 def quarantine(
     node: NodeArg,
     reason: ReasonOpt = "",
-    coordinator: CoordinatorOpt = None,
+    *,
+    conn: Connection,
     json: JsonOpt = False,
 ) -> None:
     """Take a node out of service now: its jobs are re-planned onto other nodes."""
-    _set_state(node, "quarantine", reason, coordinator, json)
+    _set_state(node, "quarantine", reason, conn, json)

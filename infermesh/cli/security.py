@@ -1,5 +1,5 @@
 """``infermesh certs``, ``infermesh rbac``, ``infermesh quota``, ``infermesh audit`` and
-``infermesh whoami``, plus the TLS options shared by every command that talks to a coordinator.
+``infermesh whoami``, and the coordinator's security settings from its flags.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from typing import Annotated, Any
 import typer
 from cryptography import x509
 
-from infermesh.client.coordinator import CoordinatorClient, pb, require_address
+from infermesh.cli._cell import with_connection
+from infermesh.client.connection import Connection
+from infermesh.client.coordinator import pb
 from infermesh.control.auth import SecurityConfig
 from infermesh.core.errors import InferMeshError, UsageError
 from infermesh.security.ca import (
@@ -27,7 +29,7 @@ from infermesh.security.ca import (
 )
 from infermesh.security.identity import SpiffeId, spiffe_ids_of
 from infermesh.security.jwt import JwtConfig
-from infermesh.security.tls import ClientTls, TlsFiles
+from infermesh.security.tls import TlsFiles
 
 certs_app = typer.Typer(
     help="Cell certificates: a CA and short-lived node/user certificates.", no_args_is_help=True
@@ -37,58 +39,6 @@ quota_app = typer.Typer(help="Per-tenant job quotas.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log of mutating calls.", no_args_is_help=True)
 
 DEFAULT_CERTS = ".infermesh/certs"
-
-# -- options shared with `coordinator start`, `agent start` and client commands ---------------
-TlsDirOpt = Annotated[
-    str,
-    typer.Option(
-        "--tls-dir",
-        help="Directory with ca.pem, cert.pem, key.pem (from `infermesh certs issue`); "
-        "$INFERMESH_TLS_DIR.",
-    ),
-]
-CaOpt = Annotated[str, typer.Option("--ca", help="Cell CA file ($INFERMESH_TLS_CA).")]
-CertOpt = Annotated[str, typer.Option("--cert", help="Certificate file ($INFERMESH_TLS_CERT).")]
-KeyOpt = Annotated[str, typer.Option("--key", help="Private key file ($INFERMESH_TLS_KEY).")]
-InsecureOpt = Annotated[
-    bool,
-    typer.Option("--insecure", help="Plaintext on purpose (local development only)."),
-]
-TokenOpt = Annotated[
-    str, typer.Option("--token", help="JWT bearer token ($INFERMESH_TOKEN); needs TLS.")
-]
-ServerNameOpt = Annotated[
-    str,
-    typer.Option(
-        "--tls-server-name",
-        help="Name to verify in the coordinator certificate ($INFERMESH_TLS_SERVER_NAME).",
-    ),
-]
-CoordinatorOpt = Annotated[
-    str, typer.Option("--coordinator", help="Coordinator HOST:PORT ($INFERMESH_COORDINATOR).")
-]
-
-
-def client_tls(
-    tls_dir: str = "",
-    ca: str = "",
-    cert: str = "",
-    key: str = "",
-    *,
-    token: str = "",
-    server_name: str = "",
-    insecure: bool = False,
-) -> ClientTls | None:
-    """Client TLS from flags, else the environment (``None``: plaintext)."""
-    return ClientTls.from_options(
-        tls_dir or None,
-        ca or None,
-        cert or None,
-        key or None,
-        token=token or None,
-        server_name=server_name or None,
-        insecure=insecure,
-    )
 
 
 def server_security(
@@ -130,23 +80,6 @@ def _fail(error: InferMeshError) -> typer.Exit:
         return typer.Exit(2)
     typer.echo(f"infermesh: {error}", err=True)
     return typer.Exit(1)
-
-
-def _connect(
-    coordinator: str,
-    tls_dir: str,
-    ca: str,
-    cert: str,
-    key: str,
-    token: str,
-    server_name: str,
-    insecure: bool,
-) -> CoordinatorClient:
-    address = require_address(coordinator or None)
-    tls = client_tls(
-        tls_dir, ca, cert, key, token=token, server_name=server_name, insecure=insecure
-    )
-    return CoordinatorClient(address, tls=tls)
 
 
 def _when(ts: float) -> str:
@@ -228,64 +161,41 @@ def certs_show(path: str = typer.Argument(..., help="A certificate file or a bun
 
 
 # -- client commands -----------------------------------------------------------------------------
-def _client_call(
-    method: str,
-    request: object,
-    coordinator: str,
-    tls_dir: str,
-    ca: str,
-    cert: str,
-    key: str,
-    token: str,
-    server_name: str,
-    insecure: bool,
-) -> Any:
+def _client_call(method: str, request: object, conn: Connection) -> Any:
     try:
-        with _connect(coordinator, tls_dir, ca, cert, key, token, server_name, insecure) as c:
+        with conn.client() as c:
             return c.call(method, request)
     except InferMeshError as error:
         raise _fail(error) from None
 
 
 @rbac_app.command("grant")
+@with_connection
 def rbac_grant(
     subject: str = typer.Argument(..., help="user:NAME, node:ID or group:NAME."),
     role: str = typer.Argument(..., help="admin, operator, submitter or viewer."),
     tenant: str = typer.Option("", help="Tenant the subject's jobs belong to."),
-    coordinator: CoordinatorOpt = "",
-    tls_dir: TlsDirOpt = "",
-    ca: CaOpt = "",
-    cert: CertOpt = "",
-    key: KeyOpt = "",
-    token: TokenOpt = "",
-    tls_server_name: ServerNameOpt = "",
-    insecure: InsecureOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Grant a role; it applies to the subject's next call, no restart."""
     request = pb.GrantRequest(subject=subject, role=role, tenant=tenant)
-    conn = (coordinator, tls_dir, ca, cert, key, token, tls_server_name, insecure)
-    grant = _client_call("Grant", request, *conn)
+    grant = _client_call("Grant", request, conn)
     extra = f" (tenant {grant.tenant})" if grant.tenant else ""
     typer.echo(f"granted {grant.role} to {grant.subject}{extra}")
 
 
 @rbac_app.command("revoke")
+@with_connection
 def rbac_revoke(
     subject: str = typer.Argument(..., help="user:NAME, node:ID or group:NAME."),
     role: str = typer.Argument(..., help="The role to take away."),
-    coordinator: CoordinatorOpt = "",
-    tls_dir: TlsDirOpt = "",
-    ca: CaOpt = "",
-    cert: CertOpt = "",
-    key: KeyOpt = "",
-    token: TokenOpt = "",
-    tls_server_name: ServerNameOpt = "",
-    insecure: InsecureOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Revoke a role; the subject's next call is refused."""
     request = pb.GrantRequest(subject=subject, role=role)
-    conn = (coordinator, tls_dir, ca, cert, key, token, tls_server_name, insecure)
-    reply = _client_call("Revoke", request, *conn)
+    reply = _client_call("Revoke", request, conn)
     if not reply.removed:
         typer.echo(f"{subject} held no {role} grant; nothing changed")
         raise typer.Exit(1)
@@ -293,20 +203,14 @@ def rbac_revoke(
 
 
 @rbac_app.command("ls")
+@with_connection
 def rbac_ls(
     subject: str = typer.Option("", help="Only this subject."),
-    coordinator: CoordinatorOpt = "",
-    tls_dir: TlsDirOpt = "",
-    ca: CaOpt = "",
-    cert: CertOpt = "",
-    key: KeyOpt = "",
-    token: TokenOpt = "",
-    tls_server_name: ServerNameOpt = "",
-    insecure: InsecureOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """List the grants."""
-    conn = (coordinator, tls_dir, ca, cert, key, token, tls_server_name, insecure)
-    reply = _client_call("ListGrants", pb.ListGrantsRequest(subject=subject), *conn)
+    reply = _client_call("ListGrants", pb.ListGrantsRequest(subject=subject), conn)
     typer.echo(f"{'SUBJECT':<28} {'ROLE':<10} {'TENANT':<14} {'BY':<20} {'SINCE':<19} SOURCE")
     for g in reply.grants:
         typer.echo(
@@ -316,23 +220,17 @@ def rbac_ls(
 
 
 @quota_app.command("set")
+@with_connection
 def quota_set(
     tenant: str = typer.Argument(..., help="The tenant to limit."),
     max_jobs: int = typer.Option(0, help="Unfinished jobs at once (0: no limit)."),
     max_slots: int = typer.Option(0, help="Worker slots / GPUs held at once (0: no limit)."),
-    coordinator: CoordinatorOpt = "",
-    tls_dir: TlsDirOpt = "",
-    ca: CaOpt = "",
-    cert: CertOpt = "",
-    key: KeyOpt = "",
-    token: TokenOpt = "",
-    tls_server_name: ServerNameOpt = "",
-    insecure: InsecureOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Set a tenant's quota (both limits 0 removes it)."""
     request = pb.Quota(tenant=tenant, max_jobs=max_jobs, max_slots=max_slots)
-    conn = (coordinator, tls_dir, ca, cert, key, token, tls_server_name, insecure)
-    _client_call("SetQuota", request, *conn)
+    _client_call("SetQuota", request, conn)
     if not max_jobs and not max_slots:
         typer.echo(f"tenant {tenant}: no quota")
     else:
@@ -343,19 +241,10 @@ def quota_set(
 
 
 @quota_app.command("ls")
-def quota_ls(
-    coordinator: CoordinatorOpt = "",
-    tls_dir: TlsDirOpt = "",
-    ca: CaOpt = "",
-    cert: CertOpt = "",
-    key: KeyOpt = "",
-    token: TokenOpt = "",
-    tls_server_name: ServerNameOpt = "",
-    insecure: InsecureOpt = False,
-) -> None:
+@with_connection
+def quota_ls(conn: Connection) -> None:
     """List quotas with what each tenant uses now."""
-    conn = (coordinator, tls_dir, ca, cert, key, token, tls_server_name, insecure)
-    reply = _client_call("ListQuotas", pb.ListQuotasRequest(), *conn)
+    reply = _client_call("ListQuotas", pb.ListQuotasRequest(), conn)
     typer.echo(f"{'TENANT':<20} {'JOBS':>11} {'SLOTS':>11}")
     for u in reply.quotas:
         jobs = f"{u.jobs}/{u.quota.max_jobs or '-'}"
@@ -369,23 +258,17 @@ def _audit() -> None:
 
 
 @audit_app.command("ls")
+@with_connection
 def audit_ls(
     principal: str = typer.Option("", help="Only calls by this principal (user:NAME...)."),
     method: str = typer.Option("", help="Only this method (SubmitJob, Grant...)."),
     limit: int = typer.Option(50, help="Newest N records."),
-    coordinator: CoordinatorOpt = "",
-    tls_dir: TlsDirOpt = "",
-    ca: CaOpt = "",
-    cert: CertOpt = "",
-    key: KeyOpt = "",
-    token: TokenOpt = "",
-    tls_server_name: ServerNameOpt = "",
-    insecure: InsecureOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Show the audit log: who called what, on what, when, with which result."""
     request = pb.ListAuditRequest(principal=principal, method=method, limit=limit)
-    conn = (coordinator, tls_dir, ca, cert, key, token, tls_server_name, insecure)
-    reply = _client_call("ListAudit", request, *conn)
+    reply = _client_call("ListAudit", request, conn)
     typer.echo(f"{'SEQ':>5} {'WHEN':<19} {'WHO':<24} {'METHOD':<16} {'TARGET':<24} RESULT")
     for r in reply.records:
         result = r.result if r.result == "OK" else f"{r.result}: {r.detail}"
@@ -395,19 +278,10 @@ def audit_ls(
         )
 
 
-def whoami(
-    coordinator: CoordinatorOpt = "",
-    tls_dir: TlsDirOpt = "",
-    ca: CaOpt = "",
-    cert: CertOpt = "",
-    key: KeyOpt = "",
-    token: TokenOpt = "",
-    tls_server_name: ServerNameOpt = "",
-    insecure: InsecureOpt = False,
-) -> None:
+@with_connection
+def whoami(conn: Connection) -> None:
     """Show who the coordinator takes you for: principal, roles, tenant."""
-    conn = (coordinator, tls_dir, ca, cert, key, token, tls_server_name, insecure)
-    me = _client_call("WhoAmI", pb.WhoAmIRequest(), *conn)
+    me = _client_call("WhoAmI", pb.WhoAmIRequest(), conn)
     typer.echo(f"principal {me.principal}  ({me.source})")
     if me.spiffe_id:
         typer.echo(f"spiffe    {me.spiffe_id}")
@@ -422,7 +296,6 @@ def whoami(
 __all__ = [
     "audit_app",
     "certs_app",
-    "client_tls",
     "quota_app",
     "rbac_app",
     "server_security",

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 from infermesh.cli._cell import (
-    CoordinatorOpt,
     JsonOpt,
     command,
-    connect,
     console,
     duration,
     print_json,
     status_text,
+    with_connection,
 )
+from infermesh.client.connection import Connection
 from infermesh.core.cell import JobStatus, NodeStatus
 
 
 @command
-def stats(coordinator: CoordinatorOpt = None, json: JsonOpt = False) -> None:
+@with_connection
+def stats(conn: Connection, json: JsonOpt = False) -> None:
     """The cell at a glance: nodes and jobs by status, slots, heartbeats, store.
 
     Exit codes: 0 ok, 1 the call failed, 2 bad input.
     """
-    with connect(coordinator) as client:
+    with conn.client() as client:
         reply = client.stats()
         address = client.address
     if json:

@@ -7,6 +7,8 @@ import sys
 
 import typer
 
+from infermesh.cli._cell import with_connection
+from infermesh.client.connection import Connection
 from infermesh.core.errors import InferMeshError, UsageError
 from infermesh.train.planning import (
     PROFILES,
@@ -83,8 +85,8 @@ def plan_text(
     return head + "\n" + describe(plan)
 
 
-def live_shape(job_id: str, coordinator: str | None) -> tuple[str, int, int, str, dict[str, float]]:
-    """A running job's shape and its measured figures from the coordinator.
+def live_shape(job_id: str, conn: Connection) -> tuple[str, int, int, str, dict[str, float]]:
+    """A running job's shape and its measured figures from the coordinator ``conn`` names.
 
     Returns (description, nodes, ranks per node, gradient bytes per step or "", measured
     bandwidth in bytes/s by link class ``intra``/``inter``). Bytes per step come from rank
@@ -93,9 +95,7 @@ def live_shape(job_id: str, coordinator: str | None) -> tuple[str, int, int, str
     """
     from statistics import median
 
-    from infermesh.cli._cell import connect
-
-    with connect(coordinator) as client:
+    with conn.client() as client:
         job = client.get_job(job_id).job
         details = [client.get_node(n) for n in job.nodes]
     nproc = job.spec.nproc_per_node
@@ -127,6 +127,7 @@ def live_shape(job_id: str, coordinator: str | None) -> tuple[str, int, int, str
 
 
 @app.command("plan")
+@with_connection
 def plan(
     job: str | None = typer.Argument(
         None, help="A running job's id: read its shape and measured timings from the cell."
@@ -154,21 +155,27 @@ def plan(
     backend: str = typer.Option(
         "nccl", "--backend", help="Backend running the collectives (nccl, gloo): what to price."
     ),
-    coordinator: str | None = typer.Option(
-        None, "--coordinator", help="With JOB: the cell (default $INFERMESH_COORDINATOR)."
-    ),
+    *,
+    conn: Connection,
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
     """Print every alternative with its predicted time, and the chosen plan (a dry run).
 
     Either give the shape (--nodes, --gpus-per-node, --bytes) or a running JOB: its node
     count and ranks per node, the gradient bytes per step its comm hook measured and the
-    bandwidth measured per link class then come from the cell (flags override them).
+    bandwidth measured per link class then come from the cell (flags override them); the
+    connection options (--coordinator, --tls-dir...) say how to reach it.
     """
     try:
         head, measured = "", None
+        if not job and conn != Connection():
+            given = ["--coordinator"] if conn.coordinator else []
+            raise UsageError(
+                f"{', '.join(given + conn.tls_flags())}: the connection options are for reading "
+                "a running JOB from the cell; give its id, or drop them"
+            )
         if job:
-            head, live_nodes, live_ranks, live_bytes, measured = live_shape(job, coordinator)
+            head, live_nodes, live_ranks, live_bytes, measured = live_shape(job, conn)
             nodes, gpus_per_node = nodes or live_nodes, gpus_per_node or live_ranks
             grad_bytes = grad_bytes or live_bytes
         missing = [

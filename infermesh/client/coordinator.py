@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
@@ -22,6 +22,7 @@ from infermesh.security.tls import ClientTls
 __all__ = [
     "COORDINATOR_ENV",
     "DEFAULT_PORT",
+    "FROM_ENV",
     "AccessDenied",
     "CoordinatorClient",
     "CoordinatorError",
@@ -140,13 +141,18 @@ def _translate(error: grpc.RpcError, address: str, method: str) -> CoordinatorEr
     return CoordinatorError(detail or f"{method} failed with {code}", code)
 
 
+FROM_ENV: Literal["env"] = "env"
+"""``tls=FROM_ENV`` (the default): the TLS environment variables decide. ``tls=None``: plaintext."""
+
+
 def _security(
-    credentials: grpc.ChannelCredentials | None, tls: ClientTls | None
+    credentials: grpc.ChannelCredentials | None, tls: ClientTls | Literal["env"] | None
 ) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
-    """Credentials and channel options: explicit ones, else TLS from flags or environment."""
+    """Credentials and channel options: explicit ones, else ``tls`` (or the environment's)."""
     if credentials is not None:
         return credentials, list(CHANNEL_OPTIONS)
-    tls = tls if tls is not None else ClientTls.from_options()
+    if isinstance(tls, str):  # FROM_ENV
+        tls = ClientTls.from_options()
     if tls is None:
         return None, list(CHANNEL_OPTIONS)
     return tls.channel_credentials(), [*CHANNEL_OPTIONS, *tls.options()]
@@ -156,12 +162,13 @@ def async_stub(
     address: str,
     credentials: grpc.ChannelCredentials | None = None,
     *,
-    tls: ClientTls | None = None,
+    tls: ClientTls | Literal["env"] | None = FROM_ENV,
 ) -> Any:
     """An asyncio channel and stub to the coordinator: ``(channel, stub)``.
 
     Without ``credentials`` or ``tls`` the TLS environment variables decide (see
-    :mod:`infermesh.security.tls`); none set means a plaintext channel.
+    :mod:`infermesh.security.tls`); none set means a plaintext channel, and so does
+    ``tls=None``.
     """
     target = parse_address(address)
     creds, options = _security(credentials, tls)
@@ -173,7 +180,11 @@ def async_stub(
 
 
 class CoordinatorClient:
-    """Blocking calls to one coordinator; use as a context manager or call :meth:`close`."""
+    """Blocking calls to one coordinator; use as a context manager or call :meth:`close`.
+
+    ``tls`` as for :func:`async_stub`: the environment decides by default, ``None`` is
+    plaintext. :class:`~infermesh.client.connection.Connection` builds one from flags.
+    """
 
     def __init__(
         self,
@@ -181,7 +192,7 @@ class CoordinatorClient:
         *,
         timeout_s: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
-        tls: ClientTls | None = None,
+        tls: ClientTls | Literal["env"] | None = FROM_ENV,
     ) -> None:
         self.address = parse_address(address)
         self.timeout_s = timeout_s

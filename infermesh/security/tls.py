@@ -32,6 +32,7 @@ from infermesh.core.errors import UsageError
 from infermesh.security.ca import CA_CERT, CERT, KEY
 
 __all__ = [
+    "CLIENT_ENV",
     "ENV_CA",
     "ENV_CERT",
     "ENV_DIR",
@@ -42,6 +43,7 @@ __all__ = [
     "ClientTls",
     "ServerTls",
     "TlsFiles",
+    "client_env",
     "trust_domain_of",
 ]
 
@@ -54,6 +56,8 @@ ENV_KEY = "INFERMESH_TLS_KEY"
 ENV_SERVER_NAME = "INFERMESH_TLS_SERVER_NAME"
 ENV_TOKEN = "INFERMESH_TOKEN"
 ENV_INSECURE = "INFERMESH_INSECURE"
+CLIENT_ENV = (ENV_DIR, ENV_CA, ENV_CERT, ENV_KEY, ENV_SERVER_NAME, ENV_TOKEN, ENV_INSECURE)
+"""Every variable :meth:`ClientTls.from_options` reads."""
 
 
 @dataclass(frozen=True)
@@ -282,3 +286,19 @@ class ClientTls:
     def changed(self) -> bool:
         """Whether the files were replaced since the last :meth:`channel_credentials`."""
         return self.files is not None and self.files.stamp() not in ((), self._stamp)
+
+
+def client_env(tls: ClientTls | None) -> dict[str, str]:
+    """Environment variables that hand client settings to a child process (``None``: plaintext).
+
+    They replace all of :data:`CLIENT_ENV` in the child's environment: mixed with the parent's
+    own (``INFERMESH_TLS_DIR`` next to ``INFERMESH_TLS_CA``...) they would clash.
+    """
+    if tls is None:
+        return {ENV_INSECURE: "1"}
+    env = tls.files.env() if tls.files is not None else {ENV_CA: str(tls.ca)}
+    if tls.server_name:
+        env[ENV_SERVER_NAME] = tls.server_name
+    if tls.token:
+        env[ENV_TOKEN] = tls.token
+    return env

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from infermesh.client.connection import Connection
 from infermesh.core.errors import UsageError
 from infermesh.train.launcher import main as launcher_main
 from infermesh.train.launcher.options import build_parser, parse_options
@@ -83,6 +84,32 @@ BAD_INPUTS = {
     "negative hang timeout": (["--hang-timeout", "-1", "{script}"], "must be a positive number"),
     "bad redirects": (["--redirects", "7", "{script}"], "expected 0-3"),
     "module with no-python": (["-m", "--no-python", "pkg"], "cannot be used together"),
+    "insecure with tls dir": (
+        ["--nnodes", "2", "--coordinator", "c:1", "--insecure", "--tls-dir", "certs", "{script}"],
+        "--insecure conflicts with TLS options and tokens; drop one of them",
+    ),
+    "token without tls": (
+        ["--nnodes", "2", "--coordinator", "127.0.0.1:1", "--token", "abc", "{script}"],
+        "a token needs TLS",
+    ),
+    "missing tls dir in rendezvous mode": (
+        [
+            "--nnodes",
+            "2",
+            "--rdzv-backend",
+            "infermesh",
+            "--rdzv-endpoint",
+            "127.0.0.1:1",
+            "--tls-dir",
+            "nope",
+            "{script}",
+        ],
+        "TLS CA file nope/ca.pem does not exist",
+    ),
+    "tls options without a coordinator": (
+        ["--standalone", "--tls-dir", "certs", "--token", "abc", "{script}"],
+        "--tls-dir, --token: this run talks to no coordinator",
+    ),
 }
 
 
@@ -105,6 +132,36 @@ def test_bad_input_gets_a_one_line_error_exit_2_and_starts_nothing(
     assert err.startswith("infermesh-run: error: ")
     assert expected in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_tls_options_parse_into_the_connection(tmp_path: Path):
+    s = tmp_path / "train.py"
+    s.write_text("")
+    opts = parse_options([str(s)])
+    assert opts.connection == Connection()
+    argv = ["--coordinator", "coord:7600", "--tls-dir", "certs/user-alice", "--token", "t"]
+    argv += ["--tls-server-name", "infermesh-coordinator"]
+    assert parse_options([*argv, str(s), "--lr", "1"]).connection == Connection(
+        coordinator="coord:7600",
+        tls_dir="certs/user-alice",
+        token="t",
+        tls_server_name="infermesh-coordinator",
+    )
+    argv = ["--ca", "ca.pem", "--cert", "cert.pem", "--key", "key.pem", "--insecure"]
+    conn = parse_options([*argv, str(s)]).connection
+    assert (conn.ca, conn.cert, conn.key, conn.insecure) == ("ca.pem", "cert.pem", "key.pem", True)
+    assert conn.tls_flags() == ["--ca", "--cert", "--key", "--insecure"]
+
+
+def test_config_file_sets_tls_options_and_insecure_false_stays_off(tmp_path: Path):
+    s = tmp_path / "train.py"
+    s.write_text("")
+    cfg = tmp_path / "launch.yaml"
+    cfg.write_text("tls_dir: certs/node-a\ntls-server-name: coord\ninsecure: false\n")
+    conn = parse_options(["--config", str(cfg), str(s)]).connection
+    assert conn == Connection(tls_dir="certs/node-a", tls_server_name="coord")
+    cfg.write_text("insecure: true\n")
+    assert parse_options(["--config", str(cfg), str(s)]).connection.insecure is True
 
 
 def test_usage_error_is_a_value_error():

@@ -4,6 +4,7 @@ launcher inherits its node's bundle), and an agent that claims another node's id
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from infermesh.client.coordinator import CoordinatorClient, pb
+from infermesh.security.tls import ENV_DIR
 from tests.cell.cellproc import BIN, wait_for
 from tests.security.pki import Pki, client
 
@@ -29,22 +31,33 @@ def _coordinator(root: Path, pki: Pki) -> tuple[subprocess.Popen[str], str]:
     return proc, match.group(1)
 
 
-def _agent(root: Path, address: str, node_id: str, bundle: Path) -> subprocess.Popen[bytes]:
+def _agent(
+    root: Path, address: str, node_id: str, bundle: Path, from_env: bool = False
+) -> subprocess.Popen[bytes]:
+    """An agent given its bundle by ``--tls-dir`` or by ``$INFERMESH_TLS_DIR``."""
     log = open(root / f"agent-{node_id}.log", "ab")  # noqa: SIM115
     cmd = [str(BIN / "infermesh"), "agent", "start", "--coordinator", address, "--node-id"]
     cmd += [node_id, "--slots", "1", "--addr", "127.0.0.1", "--workdir", str(root / node_id)]
-    cmd += ["--tls-dir", str(bundle)]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    env = dict(os.environ)
+    if from_env:
+        env[ENV_DIR] = str(bundle)
+    else:
+        cmd += ["--tls-dir", str(bundle)]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_secure_cell_runs_a_submitters_job_and_refuses_an_impostor(tmp_path):
+@pytest.mark.parametrize("bundle_from", ["flag", "env"])
+def test_secure_cell_runs_a_submitters_job_and_refuses_an_impostor(tmp_path, bundle_from):
+    """The node's bundle reaches the job's rendezvous whether the agent got it by flag or by
+    $INFERMESH_TLS_DIR (the launcher's variables replace the agent's, not add to them)."""
     pki = Pki(tmp_path / "pki")
     coord, address = _coordinator(tmp_path, pki)
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(_agent(tmp_path, address, "n1", pki.node("n1").cert.parent))
+        bundle = pki.node("n1").cert.parent
+        procs.append(_agent(tmp_path, address, "n1", bundle, from_env=bundle_from == "env"))
         root = CoordinatorClient(address, tls=client(pki.user("root")))
         root.call("Grant", pb.GrantRequest(subject="user:sam", role="submitter", tenant="ml"))
         wait_for(lambda: [n.status for n in root.list_nodes()] == ["ALIVE"], 30, "node n1")

@@ -107,10 +107,26 @@ def submit_target(opts: LaunchOptions) -> tuple[bool, str | None]:
         return False, None
     from infermesh.client.coordinator import resolve_address
 
-    coordinator = resolve_address(opts.coordinator)
+    coordinator = resolve_address(opts.connection.coordinator or None)
     if coordinator:
         return True, coordinator
     return opts.nnodes_auto, None
+
+
+def _check_connection(opts: LaunchOptions, *, used: bool) -> None:
+    """Check the TLS options before anything starts; refuse them where no coordinator is used.
+
+    ``used``: this run talks to a coordinator (submit mode, or ``--rdzv-backend infermesh``
+    with an endpoint). The embedded local cell is plaintext on loopback.
+    """
+    if used:
+        opts.connection.tls()  # UsageError on clashing options or missing files
+    elif flags := opts.connection.tls_flags():
+        raise UsageError(
+            f"{', '.join(flags)}: this run talks to no coordinator; submit to a cell with "
+            "--coordinator HOST:PORT (or $INFERMESH_COORDINATOR), join one with "
+            "--rdzv-backend infermesh --rdzv-endpoint HOST:PORT, or drop the TLS options"
+        )
 
 
 def _resolve_rendezvous(opts: LaunchOptions) -> None:
@@ -171,8 +187,10 @@ def launch(opts: LaunchOptions) -> int:
     if to_cell:
         from infermesh.train.launcher.submit import submit_or_local
 
+        _check_connection(opts, used=coordinator is not None)
         return submit_or_local(opts, _resolve_nproc(opts), coordinator)
     _resolve_rendezvous(opts)
+    _check_connection(opts, used=opts.rdzv_backend == "infermesh" and bool(opts.rdzv_endpoint))
     nproc = _resolve_nproc(opts)
     _set_omp_threads(nproc)
     _check_ports(opts)
@@ -226,7 +244,7 @@ def _make_handler(opts: LaunchOptions, run_root: Path) -> Any:
         **conf,
     )
     if opts.rdzv_backend in ("c10d", "infermesh"):
-        return create_handler(params)
+        return create_handler(params, opts.connection)
     if opts.rdzv_backend == "static":
         return create_static_handler(params)
     try:

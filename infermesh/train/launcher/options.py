@@ -9,7 +9,10 @@ variable (as with torchrun), a key of the ``--config`` YAML file, the built-in d
 Differences from torchrun, all additive:
 
 - ``--nnodes auto``: the cell decides; with no coordinator reachable it means "this machine".
-- ``--coordinator HOST:PORT``: the cell's coordinator (control plane).
+- ``--coordinator HOST:PORT``: the cell's coordinator (control plane), reached with the
+  TLS options every ``infermesh`` client command takes: ``--tls-dir``, ``--ca``/``--cert``/
+  ``--key``, ``--token``, ``--tls-server-name``, ``--insecure`` (empty: ``$INFERMESH_TLS_*``,
+  ``$INFERMESH_TOKEN``). They serve submit mode and ``--rdzv-backend infermesh``.
 - ``--hang-timeout SECONDS``: restart a worker group whose progress heartbeat stopped.
 - ``--run-dir DIR``: per-rank logs, error files, heartbeats and a run summary go under
   ``DIR/<run_id>/`` (default ``runs``), not ``/tmp``.
@@ -33,6 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from infermesh.client.connection import Connection
 from infermesh.core.errors import UsageError
 
 __all__ = ["LaunchOptions", "build_parser", "parse_options"]
@@ -290,6 +294,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="HOST:PORT of the cell coordinator (default $INFERMESH_COORDINATOR). With a "
         "coordinator and no --rdzv-endpoint the command submits a job to the cell.",
     )
+    # TLS to the coordinator: the same options (and environment variables) as `infermesh`'s
+    # client commands; no PET_* defaults, the INFERMESH_* variables stand in for them.
+    add(
+        "--tls-dir",
+        default="",
+        help="Directory with ca.pem, cert.pem, key.pem (from `infermesh certs issue`); "
+        "$INFERMESH_TLS_DIR.",
+    )
+    add("--ca", default="", help="Cell CA file ($INFERMESH_TLS_CA).")
+    add("--cert", default="", help="Certificate file ($INFERMESH_TLS_CERT).")
+    add("--key", default="", help="Private key file ($INFERMESH_TLS_KEY).")
+    add("--token", default="", help="JWT bearer token ($INFERMESH_TOKEN); needs TLS.")
+    add(
+        "--tls-server-name",
+        default="",
+        help="Name to verify in the coordinator certificate ($INFERMESH_TLS_SERVER_NAME).",
+    )
+    add(
+        "--insecure",
+        action="store_true",
+        help="Plaintext on purpose (local development only).",
+    )
     add(
         "--detach",
         action=_EnvFlag,
@@ -394,7 +420,8 @@ class LaunchOptions:
     signals_to_handle: str
     shutdown_timeout: int | None
     virtual_local_rank: bool
-    coordinator: str | None
+    connection: Connection
+    """``--coordinator`` and the TLS options (empty: the environment's)."""
     detach: bool
     job_name: str | None
     hang_timeout: float | None
@@ -453,7 +480,7 @@ def _load_config_file(path: str, parser: argparse.ArgumentParser) -> dict[str, A
         if f"PET_{dest.upper()}" in os.environ:
             continue  # the environment outranks the file
         action = known[dest]
-        if isinstance(action, _EnvFlag):
+        if isinstance(action, (_EnvFlag, argparse._StoreTrueAction)):
             if not isinstance(value, bool):
                 raise UsageError(f"--config {path}: {key} must be true or false, got {value!r}")
             out[dest] = value
@@ -640,7 +667,16 @@ def parse_options(argv: list[str] | None = None) -> LaunchOptions:
         signals_to_handle=ns.signals_to_handle,
         shutdown_timeout=ns.shutdown_timeout,
         virtual_local_rank=ns.virtual_local_rank,
-        coordinator=ns.coordinator,
+        connection=Connection(
+            coordinator=ns.coordinator or "",
+            tls_dir=ns.tls_dir,
+            ca=ns.ca,
+            cert=ns.cert,
+            key=ns.key,
+            token=ns.token,
+            tls_server_name=ns.tls_server_name,
+            insecure=ns.insecure,
+        ),
         detach=ns.detach,
         job_name=ns.job_name,
         hang_timeout=ns.hang_timeout,

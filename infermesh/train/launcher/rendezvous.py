@@ -21,7 +21,9 @@ Backends that use it:
 
 :class:`CoordinatorRendezvous` (``infermesh`` with ``--rdzv-endpoint COORD:7600``) asks the
 cell coordinator instead: the coordinator decides who is in each round, the rank order and
-when the round closes; rank 0 hosts that round's store on the port it offered.
+when the round closes; rank 0 hosts that round's store on the port it offered. It reaches the
+coordinator with ``infermesh-run``'s TLS options, else the ``INFERMESH_TLS_*`` environment
+(what a node agent hands the launchers it starts, and what plain ``torchrun`` gets).
 
 The ``infermesh`` name is also registered for plain ``torchrun`` through the
 ``torchrun.handlers`` entry point (:func:`handler_factory`).
@@ -56,8 +58,8 @@ from torch.distributed.elastic.rendezvous.static_tcp_rendezvous import (
     create_rdzv_handler,
 )
 
+from infermesh.client.connection import Connection
 from infermesh.client.coordinator import (
-    CoordinatorClient,
     CoordinatorError,
     CoordinatorUnavailable,
     pb,
@@ -160,9 +162,9 @@ class CoordinatorRendezvous(RendezvousHandler):
     POLL_S = 1.0
     """How often a running node asks whether others wait to join (torch polls every tick)."""
 
-    def __init__(self, params: RendezvousParameters) -> None:
+    def __init__(self, params: RendezvousParameters, connection: Connection | None = None) -> None:
         self.params = params
-        self.client = CoordinatorClient(params.endpoint, timeout_s=10.0)
+        self.client = (connection or Connection()).client(params.endpoint, timeout_s=10.0)
         self.run_id = params.run_id
         self.node_id = os.environ.get(NODE_ID_ENV) or f"{socket.gethostname()}-{os.getpid()}"
         self.addr = params.local_addr or host_address()
@@ -263,10 +265,16 @@ class CoordinatorRendezvous(RendezvousHandler):
         return True
 
 
-def create_handler(params: RendezvousParameters) -> RendezvousHandler:
-    """Create the handler for ``c10d`` or ``infermesh`` parameters."""
+def create_handler(
+    params: RendezvousParameters, connection: Connection | None = None
+) -> RendezvousHandler:
+    """Create the handler for ``c10d`` or ``infermesh`` parameters.
+
+    ``connection``: TLS to the coordinator for ``infermesh`` with an endpoint (default: the
+    environment's).
+    """
     if params.backend == "infermesh" and params.endpoint:
-        return CoordinatorRendezvous(params)
+        return CoordinatorRendezvous(params, connection)
     if params.backend == "infermesh" and not params.endpoint:
         path = params.get(
             "file", os.environ.get(FILE_STORE_ENV, f"/tmp/infermesh-rdzv-{params.run_id}")

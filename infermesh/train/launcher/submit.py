@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from infermesh.client.connection import Connection
 from infermesh.client.coordinator import (
     CoordinatorClient,
     CoordinatorError,
@@ -75,10 +76,13 @@ def job_spec(opts: LaunchOptions, nproc: int) -> pb.JobSpec:
     )
 
 
-def submit(opts: LaunchOptions, nproc: int, coordinator: str) -> int:
-    """Submit to ``coordinator``; follow the job unless ``--detach``. Returns the exit code."""
+def submit(opts: LaunchOptions, nproc: int, coordinator: str, connection: Connection) -> int:
+    """Submit to ``coordinator`` over ``connection``'s TLS; follow the job unless ``--detach``.
+
+    Returns the exit code.
+    """
     spec = job_spec(opts, nproc)
-    with CoordinatorClient(coordinator) as client:
+    with connection.client(coordinator) as client:
         client.wait_ready(10.0)
         reply = client.submit_job(spec)
         job = reply.job
@@ -226,9 +230,9 @@ class LocalCell:
 def submit_or_local(opts: LaunchOptions, nproc: int, coordinator: str | None) -> int:
     try:
         if coordinator:
-            return submit(opts, nproc, coordinator)
+            return submit(opts, nproc, coordinator, opts.connection)
         state = Path(opts.run_dir).absolute() / ".cell"
-        with LocalCell(state) as address:
-            return submit(opts, nproc, address)
+        with LocalCell(state) as address:  # plaintext on loopback, whatever $INFERMESH_TLS_*
+            return submit(opts, nproc, address, Connection(insecure=True))
     except CoordinatorError as error:
         raise InferMeshError(str(error)) from None
