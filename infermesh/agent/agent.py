@@ -43,6 +43,7 @@ from infermesh.core.errors import UsageError
 from infermesh.core.net import host_address
 from infermesh.security.tls import CLIENT_ENV, ClientTls, client_env
 from infermesh.signal.collective import IPC_ENV
+from infermesh.train.plan_file import PLAN_FILE_ENV, CellPlan, write_plan
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +233,8 @@ class NodeAgent:
                 await self._start(assignment)
             for job_id in message.stop_jobs:
                 await self._stop_job(job_id)
+            for plan in message.plans:
+                self._hand_plan(plan)
         call.cancel()
 
     async def _beats(self, fenced: asyncio.Event) -> AsyncIterator[pb.AgentHeartbeat]:
@@ -294,6 +297,9 @@ class NodeAgent:
         ]
         env = dict(os.environ)
         env.update(spec.env)
+        plan_path = self._plan_path(assignment.job_id)
+        plan_path.unlink(missing_ok=True)  # a plan of an earlier run of this id
+        env[PLAN_FILE_ENV] = str(plan_path)
         if self.telemetry is not None and self.telemetry.collective_endpoint:
             env[IPC_ENV] = self.telemetry.collective_endpoint
         env.update(
@@ -324,6 +330,37 @@ class NodeAgent:
         self.jobs[run.job_id] = run
         self._followers.add(task := asyncio.create_task(self._follow(run)))
         task.add_done_callback(self._followers.discard)
+
+    def _plan_path(self, job_id: str) -> Path:
+        return self.workdir / "plans" / f"{job_id}.json"
+
+    def _hand_plan(self, plan: pb.CollectivePlan) -> None:
+        """Give the coordinator's collective plan to the job's workers (rank 0 reads it)."""
+        path = self._plan_path(plan.job_id)
+        try:
+            write_plan(
+                path,
+                CellPlan(
+                    plan.version,
+                    plan.algorithm,
+                    plan.compression,
+                    plan.fusion_bytes,
+                    plan.predicted_s,
+                    plan.reason,
+                ),
+            )
+        except OSError as error:
+            logger.warning(
+                "cannot write the collective plan of %s to %s: %s", plan.job_id, path, error
+            )
+            return
+        logger.info(
+            "job %s: collective plan v%d %s/%s from the coordinator",
+            plan.job_id,
+            plan.version,
+            plan.algorithm,
+            plan.compression,
+        )
 
     async def _follow(self, run: JobRun) -> None:
         assert run.process is not None and run.process.stdout is not None

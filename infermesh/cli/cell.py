@@ -105,6 +105,11 @@ def coordinator_start(
     quarantine_stragglers: bool = typer.Option(
         False, help="Quarantine a node whose rank a job's comm hook reports as a straggler."
     ),
+    plan_interval: float = typer.Option(
+        10.0,
+        min=0.0,
+        help="Seconds between re-plans of the running jobs' collectives (0: never plan).",
+    ),
     metrics_port: int = typer.Option(-1, help="Serve Prometheus /metrics here (0: any port)."),
     log_level: str = typer.Option("INFO", help="Log level."),
     tls_dir: TlsDirOpt = "",
@@ -155,6 +160,7 @@ def coordinator_start(
             dead_after_s=dead_after,
             quarantine_stragglers=quarantine_stragglers,
             security=security,
+            plan_interval_s=plan_interval,
         )
         await coord.start()
         # A busy coordinator allocates short-lived objects on every heartbeat; with the

@@ -31,6 +31,7 @@ from infermesh.client.coordinator import pb
 from infermesh.train.launcher.job_config import job_from_config
 from infermesh.train.launcher.submit import follow as follow_job
 from infermesh.train.launcher.submit import job_spec
+from infermesh.train.planning.api import format_bytes
 
 FOLLOW_HELP = "Following ends with the job's code: 0 SUCCEEDED, 1 FAILED, 130 CANCELLED/Ctrl-C."
 app = typer.Typer(
@@ -162,6 +163,16 @@ def ls(
         out.print(f"no {status.upper() + ' ' if status else ''}jobs")
 
 
+def _plan_text(plan: pb.CollectivePlan) -> str:
+    """The coordinator's collective plan of a job, in one line."""
+    if not plan.version:
+        return "no plan from the coordinator yet"
+    return (
+        f"v{plan.version} {plan.algorithm}/{plan.compression}/{format_bytes(plan.fusion_bytes)}, "
+        f"predicted {plan.predicted_s * 1e3:.2f} ms/step ({plan.reason})"
+    )
+
+
 @app.command("show")
 @command
 @with_connection
@@ -185,6 +196,7 @@ def show(job: JobArg, conn: Connection, json: JsonOpt = False) -> None:
         ("round", str(j.round)),
         ("step", f"{j.step} ({j.steps_per_s:.2f} steps/s)" if j.steps_per_s else str(j.step)),
         ("restarts", f"{j.restarts} of {spec.max_restarts}"),
+        ("collectives", _plan_text(j.plan)),
         ("command", f"{spec.entrypoint} {' '.join(spec.args)}".strip()),
         ("workdir", spec.workdir or "-"),
     ]

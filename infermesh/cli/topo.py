@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 
 import typer
 
@@ -11,16 +12,17 @@ from infermesh.cli._cell import with_connection
 from infermesh.client.connection import Connection
 from infermesh.core.errors import InferMeshError, UsageError
 from infermesh.train.planning import (
+    DEFAULT_PROFILE,
     PROFILES,
     Algorithm,
     Backend,
     Compression,
     JobShape,
-    LinkCalibration,
     PlannerConfig,
     describe,
     format_bytes,
     link_profile,
+    measured_links,
     parse_bytes,
     parse_choice,
     plan_collectives,
@@ -61,12 +63,7 @@ def plan_text(
         bucket_bytes=min(parse_bytes(bucket), n),
         backend=parse_choice(Backend, backend, "backend"),
     )
-    links = link_profile(profile)
-    if measured:
-        calibration = LinkCalibration(links, job)
-        for link, bytes_per_s in measured.items():
-            calibration.add_bandwidth(link, bytes_per_s)
-        links = calibration.fit()
+    links = measured_links(link_profile(profile), job, measured or {})
     config = PlannerConfig(
         algorithms=tuple(parse_choice(Algorithm, a, "algorithm") for a in _names(algorithms))
         or job.backend.algorithms,
@@ -85,37 +82,45 @@ def plan_text(
     return head + "\n" + describe(plan)
 
 
-def live_shape(job_id: str, conn: Connection) -> tuple[str, int, int, str, dict[str, float]]:
-    """A running job's shape and its measured figures from the coordinator ``conn`` names.
+@dataclass(frozen=True)
+class LiveJob:
+    """What the cell knows of a running job, as ``topo plan JOB`` uses it ("": not reported)."""
 
-    Returns (description, nodes, ranks per node, gradient bytes per step or "", measured
-    bandwidth in bytes/s by link class ``intra``/``inter``). Bytes per step come from rank
-    0's ``comm.allreduce_bytes`` over the job's step; link bandwidths from the nodes'
-    ``comm.link_bandwidth_bytes_per_s``.
+    text: str
+    nodes: int
+    ranks: int
+    grad_bytes: str
+    bucket: str
+    backend: str
+    measured: dict[str, float]
+
+
+def live_shape(job_id: str, conn: Connection) -> LiveJob:
+    """A running job's shape, its hook's figures and the coordinator's plan, from the cell.
+
+    Gradient and bucket bytes and the backend come from the hook (``comm.grad_bytes``,
+    ``comm.bucket_bytes``), link bandwidths from the nodes'
+    ``comm.link_bandwidth_bytes_per_s`` (:func:`~infermesh.signal.collective.job_figures`,
+    what the coordinator plans with).
     """
-    from statistics import median
+    from infermesh.signal.collective import job_figures  # zmq: only for a live job
 
     with conn.client() as client:
         job = client.get_job(job_id).job
         details = [client.get_node(n) for n in job.nodes]
+    figures = job_figures(
+        job_id, ((sig.name, sig.labels, sig.value) for d in details for sig in d.signals)
+    )
     nproc = job.spec.nproc_per_node
     nodes = max(1, job.world_size // nproc if job.world_size else len(job.nodes))
-    total = 0.0
-    bandwidth: dict[str, list[float]] = {"intra": [], "inter": [], "world": []}
-    for detail in details:
-        for sig in detail.signals:
-            if sig.name == "comm.allreduce_bytes" and f"job={job_id}" in sig.labels:
-                if "rank=0," in sig.labels + ",":
-                    total += sig.value
-            elif sig.name == "comm.link_bandwidth_bytes_per_s":
-                link = sig.labels.removeprefix("link=")
-                if link in bandwidth:
-                    bandwidth[link].append(sig.value)
-    per_step = f"{int(total / job.step)}" if total and job.step > 0 else ""
-    measured = {k: median(v) for k, v in bandwidth.items() if v}
+    measured = figures.bandwidths
     text = (
         f"live job {job_id} ({job.status}): {nodes} node(s) x {nproc} rank(s), step {job.step}"
-        + (f", {format_bytes(float(per_step))} all-reduced per step (measured)" if per_step else "")
+        + (
+            f", {format_bytes(figures.grad_bytes)} of gradients per step ({figures.backend})"
+            if figures.grad_bytes
+            else ""
+        )
         + (
             "; measured bandwidth "
             + ", ".join(f"{k} {format_bytes(v)}/s" for k, v in sorted(measured.items()))
@@ -123,7 +128,22 @@ def live_shape(job_id: str, conn: Connection) -> tuple[str, int, int, str, dict[
             else "; no collective timings reported yet (defaults from the link profile)"
         )
     )
-    return text, nodes, nproc, per_step, measured
+    plan = job.plan
+    if plan.version:
+        text += (
+            f"\nthe coordinator's plan: v{plan.version} {plan.algorithm}/{plan.compression}/"
+            f"{format_bytes(plan.fusion_bytes)}, predicted {plan.predicted_s * 1e3:.3f} ms/step "
+            f"({plan.reason})"
+        )
+    return LiveJob(
+        text,
+        nodes,
+        nproc,
+        str(figures.grad_bytes) if figures.grad_bytes else "",
+        str(figures.bucket_bytes) if figures.bucket_bytes else "",
+        figures.backend,
+        measured,
+    )
 
 
 @app.command("plan")
@@ -135,12 +155,17 @@ def plan(
     nodes: int = typer.Option(0, "--nodes", min=0, help="Nodes in the job."),
     gpus_per_node: int = typer.Option(0, "--gpus-per-node", min=0, help="Ranks per node."),
     profile: str = typer.Option(
-        "h100-nvlink-400g", "--link-profile", help=f"Hardware profile: {_PROFILE_NAMES}."
+        "",
+        "--link-profile",
+        help=f"Hardware profile: {_PROFILE_NAMES} (default: cpu-loopback on gloo, "
+        "h100-nvlink-400g on nccl).",
     ),
     grad_bytes: str = typer.Option(
         "", "--bytes", help="Gradient bytes all-reduced per step, e.g. 100MB, 25MiB, 4096."
     ),
-    bucket: str = typer.Option("25MiB", "--bucket", help="DDP bucket size (bucket_cap_mb)."),
+    bucket: str = typer.Option(
+        "", "--bucket", help="DDP bucket size (bucket_cap_mb; default: the job's, else 25MiB)."
+    ),
     compression: str = typer.Option(
         "none",
         "--compression",
@@ -153,7 +178,10 @@ def plan(
         "halving_doubling only when named).",
     ),
     backend: str = typer.Option(
-        "nccl", "--backend", help="Backend running the collectives (nccl, gloo): what to price."
+        "",
+        "--backend",
+        help="Backend running the collectives (nccl, gloo): what to price (default: the "
+        "job's, else nccl).",
     ),
     *,
     conn: Connection,
@@ -175,9 +203,13 @@ def plan(
                 "a running JOB from the cell; give its id, or drop them"
             )
         if job:
-            head, live_nodes, live_ranks, live_bytes, measured = live_shape(job, conn)
-            nodes, gpus_per_node = nodes or live_nodes, gpus_per_node or live_ranks
-            grad_bytes = grad_bytes or live_bytes
+            live = live_shape(job, conn)
+            head, measured = live.text, live.measured
+            nodes, gpus_per_node = nodes or live.nodes, gpus_per_node or live.ranks
+            grad_bytes = grad_bytes or live.grad_bytes
+            bucket, backend = bucket or live.bucket, backend or live.backend
+        backend = backend or Backend.NCCL.value
+        profile = profile or DEFAULT_PROFILE[parse_choice(Backend, backend, "backend")].value
         missing = [
             flag
             for flag, value in (
@@ -195,7 +227,7 @@ def plan(
             gpus_per_node,
             profile,
             grad_bytes,
-            bucket,
+            bucket or "25MiB",
             compression,
             algorithm,
             as_json,

@@ -26,6 +26,7 @@ from infermesh.client.generated import coordinator_pb2 as pb
 from infermesh.client.generated import coordinator_pb2_grpc as pb_grpc
 from infermesh.control.audit import AuditLog
 from infermesh.control.auth import Guard, SecurityConfig
+from infermesh.control.collectives import PLAN_INTERVAL_S, CollectivePlanner
 from infermesh.control.jobs import JobManager
 from infermesh.control.membership import Membership, NodeEntry
 from infermesh.control.policy import Policy
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 STRAGGLER = "train.straggler"
 KEEP_REVISIONS = 10_000
+PLAN_SIGNAL_AGE_S = 30.0
+"""A job is planned from its nodes' signals of the last this many seconds."""
 """Store history kept for watches; older revisions are compacted every minute."""
 _QUARANTINE, _QUARANTINED = Health.QUARANTINE.value, NodeStatus.QUARANTINED.value
 
@@ -97,8 +100,10 @@ class Coordinator:
         heartbeat_interval_s: float = 1.0,
         quarantine_stragglers: bool = False,
         security: SecurityConfig | None = None,
+        plan_interval_s: float = PLAN_INTERVAL_S,
     ) -> None:
         self.store_url = store_url
+        self.plan_interval_s = plan_interval_s
         self.quarantine_stragglers = quarantine_stragglers
         self.cell = cell
         self.host = host
@@ -161,6 +166,9 @@ class Coordinator:
         await self.server.start()
         self._tasks.append(asyncio.create_task(self.membership.run_monitor(self._stop)))
         self._tasks.append(asyncio.create_task(self._maintain()))
+        self.collectives = CollectivePlanner(self.cell)
+        if self.plan_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self._plan_collectives()))
         self._tasks.append(asyncio.create_task(self.policy.follow(self._stop)))
         logger.info(
             "coordinator for cell %s listening on %s (%s; store %s)",
@@ -215,6 +223,39 @@ class Coordinator:
             await self.membership.set_admin(
                 node_id, "quarantine", f"straggler: {ratio:.1f}x slower than its job's peers"
             )
+
+    async def _plan_collectives(self) -> None:
+        """Every ``plan_interval_s``: re-plan the running jobs' collectives."""
+        while not self._stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.plan_interval_s)
+            if self._stop.is_set():
+                break
+            try:
+                await self.plan_collectives()
+            except Exception:
+                logger.exception("collective planning failed")
+
+    async def plan_collectives(self) -> int:
+        """Re-plan every running job's collectives from its nodes' fresh signals; return how
+        many plans changed (each is stored, recorded and sent to the job's agents)."""
+        now = time.time()
+        changed = 0
+        for job in self.jobs.active():
+            samples = [
+                (name, labels, series.value)
+                for node_id in job.nodes
+                if node_id in self.signals.nodes
+                for (name, labels), series in self.signals.view(
+                    node_id, PLAN_SIGNAL_AGE_S, now
+                ).series.items()
+                if name.startswith("comm.")
+            ]
+            plan = self.collectives.plan(job, samples)
+            if plan is not None:
+                await self.jobs.set_plan(job, plan)
+                changed += 1
+        return changed
 
     async def _maintain(self) -> None:
         """Every minute: compact the store's history. (Node gauges are read at scrape time.)"""

@@ -32,6 +32,7 @@ from infermesh.core.cell import (
 from infermesh.core.errors import QuotaExceeded, UsageError
 from infermesh.obs.metrics import counter, gauge
 from infermesh.obs.tracing import get_tracer
+from infermesh.train.planning.api import format_bytes
 from infermesh.train.planning.placement import format_placement, plan_placement
 
 logger = logging.getLogger(__name__)
@@ -261,6 +262,24 @@ class JobManager:
             entry = self.membership.get(node_id)
             if entry is not None:
                 entry.assign.append(pb.Assignment(job_id=job.job_id, spec=job.spec))
+                if job.plan.version:  # a node joining later starts from the current plan
+                    entry.plans.append(job.plan)
+
+    async def set_plan(self, job: pb.Job, plan: pb.CollectivePlan) -> None:
+        """Adopt the coordinator's new collective plan for ``job``; send it to its nodes."""
+        job.plan.CopyFrom(plan)
+        label = f"{plan.algorithm}/{plan.compression}/{format_bytes(plan.fusion_bytes)}"
+        reason = (
+            f"collective plan v{plan.version} {label}, predicted "
+            f"{plan.predicted_s * 1e3:.2f} ms/step ({plan.reason})"
+        )
+        await self._event(job, job.status, JobStatus(job.status), reason)
+        await self._save(job)
+        for node_id in job.nodes:
+            entry = self.membership.get(node_id)
+            if entry is not None:
+                entry.plans[:] = [p for p in entry.plans if p.job_id != job.job_id]
+                entry.plans.append(job.plan)
 
     def _stop_on(self, job_id: str, node_ids: list[str]) -> None:
         for node_id in node_ids:

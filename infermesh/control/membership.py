@@ -57,6 +57,8 @@ class NodeEntry:
     stream_open: bool = False
     assign: list[pb.Assignment] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)
+    plans: list[pb.CollectivePlan] = field(default_factory=list)
+    """Collective plans of jobs on this node, sent with the next heartbeat reply."""
     node_id: str = field(init=False)
     """``node.spec.node_id``, read on every heartbeat: kept as a plain attribute."""
 
@@ -192,6 +194,7 @@ class Membership:
             entry.node.epoch += 1
             entry.assign.clear()
             entry.stop.clear()
+            entry.plans.clear()
         old = entry.shown_status()
         entry.liveness = NodeStatus.ALIVE
         reason = f"registered again (epoch {entry.node.epoch})" if fresh else "reconnected"

@@ -121,7 +121,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     await self.membership.revive(entry)
                 await self.c.on_heartbeat(entry, beat)
                 # no answer unless there is something to say: replies cost as much as beats
-                if entry.assign or entry.stop or beat.want_ack:
+                if entry.assign or entry.stop or entry.plans or beat.want_ack:
                     reply = pb.CoordinatorMessage(ack_seq=beat.seq, received_at=time.time())
                     if entry.assign:
                         reply.assign.extend(entry.assign)
@@ -129,6 +129,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     if entry.stop:
                         reply.stop_jobs.extend(entry.stop)
                         entry.stop.clear()
+                    if entry.plans:
+                        reply.plans.extend(entry.plans)
+                        entry.plans.clear()
                     yield reply
         finally:
             if node_id:

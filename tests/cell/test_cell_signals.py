@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 
 import pytest
 
@@ -156,3 +158,75 @@ def test_coordinator_and_agent_metrics_are_served_over_http(coord, tmp_path):
         assert "request_id" not in text  # no unbounded label values
     finally:
         _stop(coord, agent)
+
+
+def test_the_coordinator_plans_a_running_job_from_its_figures_and_its_agents_hand_it_over(
+    tmp_path,
+):
+    """Hook shape + timings -> agent -> coordinator plans -> heartbeat reply -> agent writes the
+    plan file its workers were told about; the same figures again change nothing."""
+    import json
+
+    from infermesh.client.coordinator import pb
+    from infermesh.signal.collective import CollectiveRecord, CollectiveSender
+
+    coord = ThreadedCoordinator(plan_interval_s=0)  # planned on demand below
+    socket_path = str(tmp_path / "sig.sock")
+    telemetry = Telemetry.for_node(collective_socket=socket_path)
+    agents = []
+    try:
+        agents = [
+            _start(coord, "n0", telemetry, tmp_path),
+            _start(coord, "n1", Telemetry([create_collector("host")]), tmp_path),
+        ]
+        with CoordinatorClient(coord.address) as c:
+            wait_for(lambda: len(c.list_nodes()) == 2, 10, "registration")
+            script = tmp_path / "idle.py"
+            script.write_text(
+                "import os, pathlib, time\n"
+                f"pathlib.Path({str(tmp_path)!r}, os.environ['INFERMESH_NODE_ID'] + '.env')"
+                ".write_text(os.environ.get('INFERMESH_PLAN_FILE', ''))\n"
+                "time.sleep(60)\n"
+            )
+            spec = pb.JobSpec(
+                name="planned", entrypoint=str(script), nproc_per_node=1, nodes_min=2, nodes_max=2
+            )
+            job = c.submit_job(spec).job
+            wait_for(lambda: c.get_job(job.job_id).job.status == "RUNNING", 60, "RUNNING")
+            assert coord.run(coord.coordinator.plan_collectives()) == 0  # no figures yet
+            sender = CollectiveSender(telemetry.collective_endpoint, job=job.job_id, rank=0)
+            sender.shape = (64 * 2**20, 25 * 2**20, "gloo")
+            sender.add(CollectiveRecord(0.0, 1, "ring", "none", "world", 64 * 2**20, 0.5, False))
+            sender.flush()
+            wait_for(
+                lambda: any(s.name == "comm.grad_bytes" for s in c.get_node("n0").signals),
+                10,
+                "the job's shape at the coordinator",
+            )
+            assert coord.run(coord.coordinator.plan_collectives()) == 1
+            planned = c.get_job(job.job_id)
+            plan = planned.job.plan
+            assert plan.version == 1 and plan.algorithm in ("ring", "hierarchical_leader")
+            assert "2 node(s) x 1 rank(s), gloo" in plan.reason
+            assert any(
+                e.reason.startswith(f"collective plan v1 {plan.algorithm}/none/")
+                for e in planned.events
+            )
+            # each agent got it on its heartbeat stream and wrote it where its workers look
+            for node in ("n0", "n1"):
+                env_file = tmp_path / f"{node}.env"
+                wait_for(env_file.exists, 30, f"{node}'s worker")
+                path = env_file.read_text()
+                assert path == str(tmp_path / node / "plans" / f"{job.job_id}.json")
+                wait_for(lambda p=path: os.path.exists(p), 10, f"{node}'s plan file")
+                written = json.loads(Path(path).read_text())
+                assert (written["version"], written["algorithm"]) == (1, plan.algorithm)
+                assert written["fusion_bytes"] == plan.fusion_bytes
+            assert coord.run(coord.coordinator.plan_collectives()) == 0  # kept: same figures
+            sender.close()
+            c.cancel_job(job.job_id)
+    finally:
+        for agent in agents:
+            _stop(coord, agent)
+        coord.close()
+        telemetry.close()

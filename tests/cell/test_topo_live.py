@@ -43,28 +43,85 @@ def _register(coord, node: str) -> None:
     coord.run(go())
 
 
+def _figures(coord, node: str, job_id: str, grad_bytes: float, inter_Bps: float) -> None:
+    """A heartbeat carrying what an agent reports of a job's hook: its shape, a bandwidth."""
+    beat = pb.AgentHeartbeat(node_id=node, epoch=1, seq=1)
+    beat.jobs.append(pb.JobReport(job_id=job_id, state="running", step=10))
+    tel = beat.telemetry
+    tel.name.extend(["comm.grad_bytes", "comm.bucket_bytes", "comm.link_bandwidth_bytes_per_s"])
+    tel.value.extend([grad_bytes, 25 * 2**20, inter_Bps])
+    now = coord.run(_now())
+    tel.ts.extend([now, now, now])
+    tel.labels.extend([f"backend=gloo,job={job_id}", f"job={job_id}", "link=inter"])
+    _beat(coord, node, beat)
+
+
 def test_plan_for_a_live_job_uses_its_measured_bytes_and_bandwidth(coord):
     for node in ("node-a", "node-b"):
         _register(coord, node)
     spec = pb.JobSpec(name="t", entrypoint="/x.py", nproc_per_node=2, nodes_min=2, nodes_max=2)
     with CoordinatorClient(coord.address) as client:
         job = client.submit_job(spec).job
-    beat = pb.AgentHeartbeat(node_id="node-a", epoch=1, seq=1)
-    beat.jobs.append(pb.JobReport(job_id=job.job_id, state="running", step=10))
-    tel = beat.telemetry
-    tel.name.extend(["comm.allreduce_bytes", "comm.link_bandwidth_bytes_per_s"])
-    tel.value.extend([4e8, 2.5e9])
-    now = coord.run(_now())
-    tel.ts.extend([now, now])
-    tel.labels.extend([f"job={job.job_id},link=inter,rank=0,strategy=ring", "link=inter"])
-    _beat(coord, "node-a", beat)
+    _figures(coord, "node-a", job.job_id, 4e7, 2.5e9)
     r = invoke("topo", "plan", job.job_id, "--coordinator", coord.address)
     assert r.code == 0, r.stderr
-    first = r.stdout.splitlines()[0]
-    assert first.startswith(f"live job {job.job_id} (PLACED): 2 node(s) x 2 rank(s), step 10")
-    assert "38.1MiB all-reduced per step (measured)" in first
-    assert "measured bandwidth inter 2.3GiB/s" in first
-    assert "inter 8 x rack: measured" in r.stdout.splitlines()[1]
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"live job {job.job_id} (PLACED): 2 node(s) x 2 rank(s), step 10")
+    assert "38.1MiB of gradients per step (gloo)" in lines[0]
+    assert "measured bandwidth inter 2.3GiB/s" in lines[0]
+    # the job's backend picks the profile: gloo's, with the measured bandwidth fitted in
+    assert lines[1].startswith("2 node(s) x 2 rank(s), 40000000 of gradients per step")
+    assert "links cpu-loopback" in lines[1] and "inter 1 x loopback: measured" in lines[1]
+
+
+def test_the_coordinators_plan_of_a_running_job_is_shown_and_kept_until_it_pays_to_change(
+    coord,
+):
+    for node in ("node-a", "node-b"):
+        _register(coord, node)
+    spec = pb.JobSpec(name="t", entrypoint="/x.py", nproc_per_node=2, nodes_min=2, nodes_max=2)
+    with CoordinatorClient(coord.address) as client:
+        job = client.submit_job(spec).job
+        _join_both(coord, job.job_id)  # round 1: RUNNING, world size 4
+        planner = coord.coordinator
+        assert coord.run(planner.plan_collectives()) == 0  # the hook has said nothing yet
+        _figures(coord, "node-a", job.job_id, 4e7, 12e6)  # ~100 Mbit/s between the nodes
+        assert coord.run(planner.plan_collectives()) == 1
+        slow = client.get_job(job.job_id).job.plan
+        assert (slow.version, slow.algorithm) == (1, "hierarchical")
+        _figures(coord, "node-a", job.job_id, 4e7, 13e6)  # a little faster: not worth a change
+        assert coord.run(planner.plan_collectives()) == 0
+        _figures(coord, "node-a", job.job_id, 4e7, 1e9)  # a fast network: ring pays
+        assert coord.run(planner.plan_collectives()) == 1
+        fast = client.get_job(job.job_id)
+        assert (fast.job.plan.version, fast.job.plan.algorithm) == (2, "ring")
+        assert "faster than hierarchical" in fast.job.plan.reason
+        reasons = [e.reason for e in fast.events]
+        assert sum(r.startswith("collective plan v") for r in reasons) == 2
+    r = invoke("topo", "plan", job.job_id, "--coordinator", coord.address)
+    assert r.code == 0, r.stderr
+    assert r.stdout.splitlines()[1].startswith("the coordinator's plan: v2 ring/none/")
+    r = invoke("jobs", "show", job.job_id, "--coordinator", coord.address)
+    assert r.code == 0 and "collectives: v2 ring/none/" in r.stdout, r.stdout
+
+
+def _join_both(coord, job_id: str) -> None:
+    import asyncio
+
+    async def join(node: str):
+        channel, stub = async_stub(coord.address)
+        try:
+            request = pb.JoinRequest(
+                run_id=job_id, node_id=node, addr="127.0.0.1", port=1, nodes_min=2, nodes_max=2
+            )
+            return await stub.RendezvousJoin(request, timeout=10)
+        finally:
+            await channel.close()
+
+    async def both():
+        return await asyncio.gather(join("node-a"), join("node-b"))
+
+    coord.run(both())
 
 
 def test_plan_for_a_job_without_timings_asks_for_the_missing_flags(coord):

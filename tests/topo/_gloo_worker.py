@@ -9,8 +9,10 @@ it compares the two models' gradients; each rank writes what it saw to ``<out>/r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from infermesh.train import leave_process_group
-from infermesh.train.hooks import MeshHookConfig, prepare
+from infermesh.train.hooks import MeshHookConfig, mesh_hook, prepare
 from infermesh.train.hooks.mesh_hook import PLAN_ENV
+from infermesh.train.plan_file import PLAN_FILE_ENV, CellPlan, write_plan
 from infermesh.train.planning import Algorithm, Compression, PlanChoice
 
 A, C = Algorithm, Compression
@@ -85,6 +88,7 @@ SCENARIOS: dict[str, tuple[Any, dict[str, Any], int]] = {
     ),
     "planner": (None, {"replan_every": 3}, STEPS),
     "env_plan": (None, {}, 2),
+    "cell_plan": (None, {"replan_every": 2}, 10),
     "straggler": (
         _fixed(PlanChoice(A.RING, C.NONE, 1)),
         {"replan_every": 2, "straggler_windows": 2, "straggler_factor": 1.5},
@@ -102,20 +106,37 @@ def _busy(seconds: float) -> None:
         a = torch.tanh(a @ a)
 
 
+# the coordinator's plans of "cell_plan", written to rank 0's plan file before these steps
+CELL_PLANS = {
+    0: CellPlan(1, "hierarchical", "none", 700 * KB, reason="test"),
+    3: CellPlan(2, "ring", "none", 1, reason="test"),
+    6: CellPlan(3, "tree", "none", 1, reason="tree is not applied on gloo"),
+}
+
+
 def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
     provider, overrides, steps = SCENARIOS[name]
     ref = DistributedDataParallel(_mlp(), bucket_cap_mb=BUCKET_MB)
     mesh = DistributedDataParallel(_mlp(), bucket_cap_mb=BUCKET_MB)
+    plan_file = Path(tempfile.mkdtemp()) / "plan.json" if name == "cell_plan" else None
+    warnings: list[str] = []
+    collect = _Collect(warnings)
     if name == "env_plan":
         os.environ[PLAN_ENV] = "hierarchical_leader/bf16/1MB"
+    if plan_file is not None and rank == 0:  # an agent's workers: rank 0 reads the file
+        os.environ[PLAN_FILE_ENV] = str(plan_file)
+        logging.getLogger(mesh_hook.__name__).addHandler(collect)
     try:
         hook = prepare(mesh, MeshHookConfig(gpus_per_node=2, **overrides), plan_provider=provider)
     finally:
         os.environ.pop(PLAN_ENV, None)
+        os.environ.pop(PLAN_FILE_ENV, None)
     opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (ref, mesh)]
     gen = torch.Generator().manual_seed(100 + rank)
     errors, losses = [], []
-    for _ in range(steps):
+    for step in range(steps):
+        if plan_file is not None and rank == 0 and step in CELL_PLANS:
+            write_plan(plan_file, CELL_PLANS[step])
         x = torch.randn(2, 16, generator=gen)
         y = torch.randn(2, 4, generator=gen)
         step_losses = []
@@ -130,6 +151,7 @@ def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
         losses.append(step_losses)
         for opt in opts:
             opt.step()
+    logging.getLogger(mesh_hook.__name__).removeHandler(collect)
     return {
         "errors": errors,
         "losses": losses,
@@ -142,7 +164,19 @@ def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
         "stragglers": [[e.rank, e.step] for e in hook.stragglers],
         "windows": [[step, ran.label(), busy, comm] for step, ran, busy, comm in hook.windows],
         "record_plans": sorted({(r.step, r.algorithm, r.compression) for r in hook.records}),
+        "warnings": warnings,
     }
+
+
+class _Collect(logging.Handler):
+    """Keeps the hook's warnings (rank 0 of "cell_plan")."""
+
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
 
 
 def worker(rank: int, world: int, store_path: str, out: str, names: list[str]) -> None:

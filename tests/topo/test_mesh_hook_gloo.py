@@ -36,6 +36,7 @@ TOLERANCE = {
     "switching": 2e-3,
     "planner": 1e-5,
     "env_plan": 1.6e-2,
+    "cell_plan": 1e-5,
     "straggler": 1e-5,
 }
 
@@ -149,3 +150,17 @@ def test_a_rank_that_computes_longer_every_step_is_reported_as_a_straggler_on_ev
 def test_a_fixed_plan_in_the_environment_replaces_the_planner(ranks: list[dict[str, Any]]) -> None:
     for seen in ranks:
         assert seen["env_plan"]["plans"] == [[0, 1, "hierarchical_leader/bf16/976.6KiB"]]
+
+
+def test_rank_zero_adopts_the_coordinators_plans_and_plans_locally_when_one_cannot_run(
+    ranks: list[dict[str, Any]],
+) -> None:
+    plans = ranks[0]["cell_plan"]["plans"]
+    assert all(r["cell_plan"]["plans"] == plans for r in ranks)
+    # v1 from the start; v2 written before step 3, adopted at the next agreement (step 4)
+    assert plans[0] == [0, 1, "hierarchical/none/700.0KiB"]
+    assert plans[1][:2] == [4, 2] and plans[1][2].startswith("ring/none/")
+    assert not any(label.startswith("tree/") for _, _, label in plans)
+    (warning,) = ranks[0]["cell_plan"]["warnings"]
+    assert warning.startswith("step 6: the coordinator's collective plan v3 (tree/none/1) is not")
+    assert "tree is not among this hook's algorithms; planning locally" in warning

@@ -66,7 +66,9 @@ from infermesh.signal.collective import CollectiveRecord
 from infermesh.train.heartbeat import heartbeat
 from infermesh.train.hooks.nccl_groups import NCCL_ALGO, NCCL_ALGO_ENV, build_algorithm_groups
 from infermesh.train.hooks.stragglers import StragglerDetector, StragglerEvent
+from infermesh.train.plan_file import PLAN_FILE_ENV, PlanFile
 from infermesh.train.planning import (
+    DEFAULT_PROFILE,
     Algorithm,
     Backend,
     CollectivePlan,
@@ -261,14 +263,18 @@ class MeshHook:
             job, backend=Backend.GLOO if self.backend == "gloo" else Backend.NCCL
         )
         self.node, self.local_index = divmod(self.rank, g)
-        profile = (
-            config.link_profile
-            or os.environ.get(PROFILE_ENV)
-            or ("cpu-loopback" if self.backend == "gloo" else "h100-nvlink-400g")
-        )
+        profile = config.link_profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE[job.backend]
         self.links = link_profile(profile)
         self.planner_config = config.planner_config(self.backend)
         self.plan_provider = plan_provider
+        self.cell_plans = (
+            PlanFile(os.environ[PLAN_FILE_ENV])
+            if self.rank == 0 and os.environ.get(PLAN_FILE_ENV)
+            else None
+        )
+        """Rank 0 under an agent: the coordinator's plans for this job (see :meth:`_propose`)."""
+        self._from_cell = 0  # version of the coordinator's plan in use (0: none)
+        self._cell_refused = 0  # version of the coordinator's plan last found unusable
         self.replanner = Replanner(job, self.links, self.planner_config) if self.rank == 0 else None
         self.detector = StragglerDetector(
             self.world, config.straggler_factor, config.straggler_windows
@@ -436,24 +442,77 @@ class MeshHook:
         if self.step % self.config.replan_every == 0:
             self._agree(device)
 
-    def _propose(self) -> tuple[int, PlanChoice]:
-        """Rank 0: the plan every rank adopts now."""
-        if self.plan_provider is not None:
-            wanted = self.plan_provider(self.step)
-            if self.choice is None and wanted is None:
-                assert self.replanner is not None
-                wanted = self.replanner.plan.choice
-            if self.step > 0:
-                self._calibrate()
-            if wanted is None or wanted == self.choice:
-                assert self.choice is not None
-                return self.version, self.choice
-            return self.version + 1, wanted
+    def _propose(self) -> PlanChoice:
+        """Rank 0: the plan every rank adopts now -- the provider's (a fixed plan, a test's
+        schedule), else the coordinator's when it sent one this hook can run, else the local
+        planner's."""
         assert self.replanner is not None
+        wanted = self.plan_provider(self.step) if self.plan_provider is not None else None
+        if wanted is None and self.plan_provider is None:
+            wanted = self._cell_choice()
+        if wanted is not None or self.plan_provider is not None:
+            if self.step > 0:
+                self._calibrate()  # fit the links anyway (predictions, logs)
+            if wanted is None:  # the provider keeps the plan
+                return self.choice or self.replanner.plan.choice
+            return wanted
+        self._from_cell = 0
         plan = self.replanner.maybe_replan(self.step)
         if self.step > 0:
             self._log_links()
-        return plan.version, plan.choice
+        return plan.choice
+
+    def _cell_choice(self) -> PlanChoice | None:
+        """Rank 0: the coordinator's current plan, when it sent one this hook can run."""
+        if self.cell_plans is None:
+            return None
+        plan = self.cell_plans.read()
+        if plan is None:
+            return None
+        problem, choice = "", None
+        try:
+            choice = PlanChoice(
+                parse_choice(Algorithm, plan.algorithm, "algorithm"),
+                parse_choice(Compression, plan.compression, "compression"),
+                plan.fusion_bytes,
+            )
+        except UsageError as error:
+            problem = str(error)
+        else:
+            allowed = self.planner_config
+            if choice.algorithm not in allowed.algorithms:
+                problem = f"{plan.algorithm} is not among this hook's algorithms"
+            elif choice.compression not in allowed.compressions:
+                problem = f"compression {plan.compression} is not among this hook's compressions"
+            elif choice.algorithm.two_level and self._intra is None:
+                problem = (
+                    f"it needs several nodes with several ranks each; this job has "
+                    f"{self.job.nodes} x {self.job.gpus_per_node}"
+                )
+            elif plan.fusion_bytes < 1:
+                problem = f"fusion window {plan.fusion_bytes} is not a positive byte count"
+        if problem or choice is None:
+            if plan.version != self._cell_refused:
+                self._cell_refused = plan.version
+                logger.warning(
+                    "step %d: the coordinator's collective plan v%d (%s) is not used: %s; "
+                    "planning locally",
+                    self.step,
+                    plan.version,
+                    plan.label(),
+                    problem,
+                )
+            return None
+        if plan.version != self._from_cell:
+            self._from_cell = plan.version
+            logger.info(
+                "step %d: the coordinator's collective plan v%d: %s (%s)",
+                self.step,
+                plan.version,
+                choice.label(),
+                plan.reason,
+            )
+        return choice
 
     def _calibrate(self) -> None:
         """Rank 0 under a fixed plan: fit the links anyway (predictions, logs)."""
@@ -482,7 +541,8 @@ class MeshHook:
         """One all_gather: rank 0's plan to everyone, every rank's timings to everyone."""
         row = torch.zeros(_ROW, dtype=torch.float64, device=device)
         if self.rank == 0:
-            version, choice = self._propose()
+            choice = self._propose()
+            version = self.version if choice == self.choice else self.version + 1
             row[0], row[1] = version, _ALGORITHMS.index(choice.algorithm)
             row[2], row[3] = _COMPRESSIONS.index(choice.compression), choice.fusion_bytes
         busy, comm, steps = self._window
@@ -504,7 +564,7 @@ class MeshHook:
                 )
             if self.rank == 0:
                 logger.info(
-                    "step %d: collective plan v%d %s, predicted %.2f ms/step%s",
+                    "step %d: collective plan v%d %s, predicted %.2f ms/step%s%s",
                     self.step,
                     version,
                     choice.label(),
@@ -512,6 +572,7 @@ class MeshHook:
                     " (emulated on " + self.backend + ")"
                     if self._emulates(choice.algorithm)
                     else "",
+                    f" (the coordinator's v{self._from_cell})" if self._from_cell else "",
                 )
             self.version, self.choice = version, choice
             self.plans.append((self.step, version, choice))

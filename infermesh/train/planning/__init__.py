@@ -22,10 +22,11 @@ from infermesh.train.planning.api import (
     parse_choice,
     parse_plan_choice,
 )
-from infermesh.train.planning.calibration import LinkCalibration
+from infermesh.train.planning.calibration import LinkCalibration, measured_links
 from infermesh.train.planning.cost_model import allreduce_time, collectives, step_time
 from infermesh.train.planning.links import (
     DEFAULT_LINKS,
+    DEFAULT_PROFILE,
     PROFILES,
     Link,
     LinkClass,
@@ -48,6 +49,7 @@ from infermesh.train.planning.planner import (
 
 __all__ = [
     "DEFAULT_LINKS",
+    "DEFAULT_PROFILE",
     "PROFILES",
     "Algorithm",
     "Alternative",
@@ -72,6 +74,7 @@ __all__ = [
     "format_bytes",
     "format_placement",
     "link_profile",
+    "measured_links",
     "parse_bytes",
     "parse_choice",
     "parse_plan_choice",

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from infermesh.core.errors import UsageError
@@ -43,7 +44,7 @@ from infermesh.train.planning.links import Link, LinkModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LINKS", "LinkCalibration"]
+__all__ = ["LINKS", "LinkCalibration", "measured_links"]
 
 LINKS = ("intra", "inter", "world")
 """Link names a measured bandwidth may carry (the signal plane's ``link`` label)."""
@@ -267,3 +268,13 @@ def _gauss(a: list[list[float]], b: list[float]) -> list[float]:
     for r in range(n - 1, -1, -1):
         x[r] = (m[r][n] - sum(m[r][c] * x[c] for c in range(r + 1, n))) / m[r][r]
     return x
+
+
+def measured_links(links: LinkModel, job: JobShape, bandwidths: Mapping[str, float]) -> LinkModel:
+    """``links`` with measured bandwidths (bytes/s by link class: ``intra``, ``inter``,
+    ``world``) fitted in through :class:`LinkCalibration`; latencies stay the profile's.
+    What ``infermesh topo plan JOB`` and the coordinator plan a running job with."""
+    calibration = LinkCalibration(links, job)
+    for link, bytes_per_s in bandwidths.items():
+        calibration.add_bandwidth(link, bytes_per_s)
+    return calibration.fit() if calibration.samples else links

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from infermesh.train.planning.api import parse_choice
+from infermesh.train.planning.api import Backend, parse_choice
 
 __all__ = ["DEFAULT_LINKS", "PROFILES", "Link", "LinkClass", "LinkModel", "Profile", "link_profile"]
 
@@ -147,6 +147,13 @@ PROFILES: dict[Profile, LinkModel] = {
         "veth-100m", LinkClass.LOOPBACK, LinkClass.ETHERNET_100M, 1, 10e9, 50e9
     ),
 }
+
+
+DEFAULT_PROFILE: dict[Backend, Profile] = {
+    Backend.GLOO: Profile.CPU_LOOPBACK,
+    Backend.NCCL: Profile.H100_NVLINK_400G,
+}
+"""The profile a job's links start from when none is named (``INFERMESH_LINK_PROFILE``)."""
 
 
 def link_profile(name: str) -> LinkModel:
