@@ -6,8 +6,11 @@ timings; the agents turn them into ``comm.grad_bytes`` / ``comm.bucket_bytes`` s
 
 - the job's shape: the last round's nodes x ``nproc_per_node``, those bytes, that backend;
 - its links: the profile the job names (``INFERMESH_LINK_PROFILE`` in its environment) or the
-  backend's default, with the bandwidths its nodes measured fitted in
-  (:func:`~infermesh.train.planning.measured_links`, as ``infermesh topo plan JOB`` does);
+  backend's default, with the latency and bandwidth of each link class that rank 0's hook
+  fitted from its own timings (``comm.link_latency_s`` / ``comm.link_fitted_bytes_per_s``:
+  the same links the hook would plan with), or, before it has, the bandwidths its nodes
+  measured fitted in (:func:`~infermesh.train.planning.measured_links`, as ``infermesh topo
+  plan JOB`` does);
 - :func:`~infermesh.train.planning.plan_collectives` over the algorithms the backend applies,
   without compression (it changes the numerics; a job opts in inside its own hook), keeping
   the current plan unless another is predicted ``min_gain`` faster.
@@ -90,7 +93,13 @@ def plan_job(
     except UsageError:
         logger.warning("job %s: unknown %s=%r; using %s", job.job_id, PROFILE_ENV, name, "default")
         links = link_profile(DEFAULT_PROFILE[shape.backend])
-    links = measured_links(links, shape, figures.bandwidths)
+    if figures.fitted:
+        intra, inter = figures.fitted.get("intra"), figures.fitted.get("inter")
+        if inter is not None:
+            inter = (inter[0], inter[1] / links.nics)  # the signal is a node's total
+        links = links.with_measured(intra=intra, inter=inter)
+    else:
+        links = measured_links(links, shape, figures.bandwidths)
     config = PlannerConfig(algorithms=shape.backend.algorithms, min_gain=min_gain)
     previous = _current(job, shape)
     plan = plan_collectives(shape, links, previous=previous, config=config, unmeasured_factor=1.0)

@@ -9,16 +9,19 @@ dropped and counted (the count rides on the next message that gets through).
 
 In the agent, :class:`CollectiveReceiver` binds the endpoint and :class:`CollectiveCollector`
 turns what arrived since the last collection into samples: cumulative bytes, seconds and
-counts per (job, rank, link class, algorithm), the effective bandwidth per link class, and
-the job's gradient and bucket bytes (``comm.grad_bytes`` / ``comm.bucket_bytes``, from the
-``shape`` the hook sends). :func:`job_figures` reads a job's figures back out of samples:
-the coordinator plans the job's collectives from them, ``infermesh topo plan JOB`` prints them.
+counts per (job, rank, link class, algorithm), the effective bandwidth per link class, the
+job's gradient and bucket bytes (``comm.grad_bytes`` / ``comm.bucket_bytes``, from the
+``shape`` the hook sends) and the link figures rank 0's hook fitted from its timings
+(``comm.link_latency_s`` / ``comm.link_fitted_bytes_per_s``, from ``links``).
+:func:`job_figures` reads a job's figures back out of samples: the coordinator plans the
+job's collectives from them, ``infermesh topo plan JOB`` prints them.
 
 Wire format (one zmq frame, UTF-8 JSON, version 1)::
 
     {"v": 1, "job": "j1", "rank": 3, "dropped": 0,
      "records": [[ts, step, algorithm, compression, group, bytes, seconds, emulated], ...],
-     "shape": [grad_bytes, bucket_bytes, backend]}     # optional
+     "shape": [grad_bytes, bucket_bytes, backend],      # optional
+     "links": [intra_latency_s, intra_Bps, inter_latency_s, node_Bps]}  # optional
 """
 
 from __future__ import annotations
@@ -106,6 +109,8 @@ class CollectiveMessage:
     """(step, rank, busy seconds/step, other ranks' median) of ranks the hook found slow."""
     shape: tuple[int, int, str] | None = None
     """(gradient bytes per step, DDP bucket bytes, backend) of the sender's job."""
+    links: tuple[float, float, float, float] | None = None
+    """Fitted (intra latency s, intra bytes/s, inter latency s, a node's inter bytes/s)."""
 
     def encode(self) -> bytes:
         rows = [
@@ -118,6 +123,8 @@ class CollectiveMessage:
             doc["stragglers"] = [list(s) for s in self.stragglers]
         if self.shape is not None:
             doc["shape"] = list(self.shape)
+        if self.links is not None:
+            doc["links"] = list(self.links)
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -140,10 +147,13 @@ class CollectiveMessage:
                 (int(step), int(rank), float(busy), float(others))
                 for step, rank, busy, others in doc.get("stragglers", ())
             )
-            shape = None
+            shape = links = None
             if "shape" in doc:
                 grad, bucket, backend = doc["shape"]
                 shape = (int(grad), int(bucket), str(backend))
+            if "links" in doc:
+                a_i, b_i, a_e, b_e = (float(x) for x in doc["links"])
+                links = (a_i, b_i, a_e, b_e)
             return cls(
                 str(doc["job"]),
                 int(doc["rank"]),
@@ -151,6 +161,7 @@ class CollectiveMessage:
                 int(doc.get("dropped", 0)),
                 stragglers,
                 shape,
+                links,
             )
         except UsageError:
             raise
@@ -175,6 +186,8 @@ class CollectiveSender:
         self.sent = 0
         self.shape: tuple[int, int, str] | None = None
         """(gradient bytes per step, bucket bytes, backend): sent with every message."""
+        self.links: tuple[float, float, float, float] | None = None
+        """Rank 0's fitted link figures (see :attr:`CollectiveMessage.links`), likewise."""
         self._unreported = 0
         self._sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
@@ -213,6 +226,7 @@ class CollectiveSender:
             self._unreported,
             tuple(self._stragglers),
             self.shape,
+            self.links,
         )
         self._pending = []
         self._stragglers = []
@@ -324,9 +338,12 @@ class CollectiveCollector(Collector):
         out_events: list[Sample] = []
         dropped = False
         shapes: dict[str, tuple[int, int, str]] = {}
+        fitted: dict[str, tuple[float, float, float, float]] = {}
         for msg in self.receiver.receive():
             if msg.shape is not None:
                 shapes[msg.job] = msg.shape
+            if msg.links is not None:
+                fitted[msg.job] = msg.links
             if msg.dropped:
                 self._dropped += msg.dropped
                 dropped = True
@@ -356,6 +373,11 @@ class CollectiveCollector(Collector):
             shape_labels = format_labels(job=job, backend=backend)
             out.append(Sample("comm.grad_bytes", grad, now, shape_labels))
             out.append(Sample("comm.bucket_bytes", bucket, now, format_labels(job=job)))
+        for job, (a_i, b_i, a_e, b_e) in fitted.items():
+            for link, latency, bandwidth in (("intra", a_i, b_i), ("inter", a_e, b_e)):
+                labels = format_labels(job=job, link=link)
+                out.append(Sample("comm.link_latency_s", latency, now, labels))
+                out.append(Sample("comm.link_fitted_bytes_per_s", bandwidth, now, labels))
         for key in touched:
             t = self._totals[key]
             out.append(Sample("comm.allreduce_bytes", t.bytes, t.ts, key))
@@ -392,6 +414,9 @@ class JobFigures:
     bandwidths: dict[str, float] = field(default_factory=dict)
     """Median measured bandwidth (bytes/s) by link class (``intra``, ``inter``, ``world``)
     over the nodes the samples came from."""
+    fitted: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """``(latency s, bytes/s)`` by link class (``intra``; ``inter``: a node's total) as rank 0's
+    hook fitted them from its own timings; empty until it has."""
 
 
 def job_figures(job: str, samples: Iterable[tuple[str, str, float]]) -> JobFigures:
@@ -399,15 +424,32 @@ def job_figures(job: str, samples: Iterable[tuple[str, str, float]]) -> JobFigur
     grad = bucket = 0
     backend = ""
     measured: dict[str, list[float]] = defaultdict(list)
+    latency: dict[str, float] = {}
+    fitted_bw: dict[str, float] = {}
     for name, labels, value in samples:
         if name == "comm.link_bandwidth_bytes_per_s":
             measured[parse_labels(labels).get("link", "world")].append(value)
-        elif name in ("comm.grad_bytes", "comm.bucket_bytes"):
+        elif name in _JOB_SIGNALS:
             parsed = parse_labels(labels)
             if parsed.get("job") != job:
                 continue
             if name == "comm.grad_bytes":
                 grad, backend = int(value), parsed.get("backend", "")
-            else:
+            elif name == "comm.bucket_bytes":
                 bucket = int(value)
-    return JobFigures(grad, bucket, backend, {k: median(v) for k, v in measured.items()})
+            elif name == "comm.link_latency_s":
+                latency[parsed.get("link", "")] = value
+            else:
+                fitted_bw[parsed.get("link", "")] = value
+    fitted: dict[str, tuple[float, float]] = {
+        link: (latency[link], fitted_bw[link])
+        for link in ("intra", "inter")
+        if link in latency and link in fitted_bw
+    }
+    bandwidths = {k: median(v) for k, v in measured.items()}
+    return JobFigures(grad, bucket, backend, bandwidths, fitted)
+
+
+_JOB_SIGNALS = frozenset(
+    ("comm.grad_bytes", "comm.bucket_bytes", "comm.link_latency_s", "comm.link_fitted_bytes_per_s")
+)

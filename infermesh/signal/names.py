@@ -163,6 +163,20 @@ _TABLE = [
     ),
     _spec("comm.bucket_bytes", GAUGE, "bytes", "job", "DDP bucket size of a training job."),
     _spec(
+        "comm.link_latency_s",
+        GAUGE,
+        "seconds",
+        "job,link",
+        "Latency of a link class (intra, inter) as a job's MeshHook fitted it from its timings.",
+    ),
+    _spec(
+        "comm.link_fitted_bytes_per_s",
+        GAUGE,
+        "bytes/s",
+        "job,link",
+        "Bandwidth of a link class as a job's MeshHook fitted it (inter: a node's total).",
+    ),
+    _spec(
         "train.straggler",
         EVENT,
         "ratio",

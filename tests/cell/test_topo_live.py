@@ -98,11 +98,28 @@ def test_the_coordinators_plan_of_a_running_job_is_shown_and_kept_until_it_pays_
         assert "faster than hierarchical" in fast.job.plan.reason
         reasons = [e.reason for e in fast.events]
         assert sum(r.startswith("collective plan v") for r in reasons) == 2
+        # the links the job's hook fitted from its own timings beat the nodes' aggregate
+        _fitted(coord, "node-a", job.job_id, inter_latency_s=1e-4, node_Bps=12e6)
+        assert coord.run(planner.plan_collectives()) == 1
+        refit = client.get_job(job.job_id).job.plan
+        assert (refit.version, refit.algorithm) == (3, "hierarchical")
     r = invoke("topo", "plan", job.job_id, "--coordinator", coord.address)
     assert r.code == 0, r.stderr
-    assert r.stdout.splitlines()[1].startswith("the coordinator's plan: v2 ring/none/")
+    assert r.stdout.splitlines()[1].startswith("the coordinator's plan: v3 hierarchical/none/")
     r = invoke("jobs", "show", job.job_id, "--coordinator", coord.address)
-    assert r.code == 0 and "collectives: v2 ring/none/" in r.stdout, r.stdout
+    assert r.code == 0 and "collectives: v3 hierarchical/none/" in r.stdout, r.stdout
+
+
+def _fitted(coord, node: str, job_id: str, inter_latency_s: float, node_Bps: float) -> None:
+    """A heartbeat with the inter-node link as the job's hook fitted it."""
+    beat = pb.AgentHeartbeat(node_id=node, epoch=1, seq=1)
+    tel = beat.telemetry
+    tel.name.extend(["comm.link_latency_s", "comm.link_fitted_bytes_per_s"])
+    tel.value.extend([inter_latency_s, node_Bps])
+    now = coord.run(_now())
+    tel.ts.extend([now, now])
+    tel.labels.extend([f"job={job_id},link=inter"] * 2)
+    _beat(coord, node, beat)
 
 
 def _join_both(coord, job_id: str) -> None:

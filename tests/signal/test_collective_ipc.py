@@ -242,15 +242,38 @@ def test_job_figures_take_only_the_named_job_and_the_median_bandwidth() -> None:
         ("comm.link_bandwidth_bytes_per_s", "link=inter", 1e9),
         ("comm.link_bandwidth_bytes_per_s", "link=inter", 3e9),
         ("comm.link_bandwidth_bytes_per_s", "link=inter", 2e9),
+        ("comm.link_latency_s", "job=train-1,link=inter", 1e-4),
+        ("comm.link_fitted_bytes_per_s", "job=train-1,link=inter", 1.2e8),
+        ("comm.link_latency_s", "job=train-10,link=intra", 9.0),
+        ("comm.link_latency_s", "job=train-1,link=intra", 3e-5),  # no bandwidth: left out
         ("gpu.util", "gpu=0", 50.0),
     ]
-    assert job_figures("train-1", samples) == JobFigures(4096, 1024, "gloo", {"inter": 2e9})
+    assert job_figures("train-1", samples) == JobFigures(
+        4096, 1024, "gloo", {"inter": 2e9}, {"inter": (1e-4, 1.2e8)}
+    )
     assert job_figures("train-2", []) == JobFigures()
 
 
+def test_the_collector_turns_shape_and_fitted_links_into_job_samples(tmp_path: Path) -> None:
+    c = CollectiveCollector(ipc_endpoint(str(tmp_path / "a.sock")))
+    sender = CollectiveSender(c.endpoint, job="j1", rank=0)
+    sender.shape = (4096, 1024, "nccl")
+    sender.links = (3e-5, 2e9, 1e-4, 1e8)
+    sender.add(CollectiveRecord(1.0, 0, "ring", "none", "world", 4096, 0.01, False))
+    sender.flush()
+    got = _collect_until(c, "comm.link_latency_s")
+    sender.close()
+    c.close()
+    figures = job_figures("j1", [(s.name, s.labels, s.value) for s in got])
+    assert (figures.grad_bytes, figures.bucket_bytes, figures.backend) == (4096, 1024, "nccl")
+    assert figures.fitted == {"intra": (3e-5, 2e9), "inter": (1e-4, 1e8)}
+
+
 def test_the_shape_survives_the_wire_and_old_messages_have_none() -> None:
-    msg = CollectiveMessage("j", 0, (), shape=(4096, 1024, "gloo"))
-    assert CollectiveMessage.decode(msg.encode()).shape == (4096, 1024, "gloo")
-    assert CollectiveMessage.decode(b'{"v": 1, "job": "j", "rank": 0, "records": []}').shape is None
+    msg = CollectiveMessage("j", 0, (), shape=(4096, 1024, "gloo"), links=(3e-5, 2e9, 1e-4, 1e8))
+    back = CollectiveMessage.decode(msg.encode())
+    assert (back.shape, back.links) == ((4096, 1024, "gloo"), (3e-5, 2e9, 1e-4, 1e8))
+    old = CollectiveMessage.decode(b'{"v": 1, "job": "j", "rank": 0, "records": []}')
+    assert old.shape is None and old.links is None
     with pytest.raises(UsageError, match="malformed collective message"):
         CollectiveMessage.decode(b'{"v": 1, "job": "j", "rank": 0, "records": [], "shape": [1]}')

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from infermesh.signal.collective import IPC_ENV
 from infermesh.train import leave_process_group
 from infermesh.train.hooks import MeshHookConfig, mesh_hook, prepare
 from infermesh.train.hooks.mesh_hook import PLAN_ENV
@@ -125,12 +126,14 @@ def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
         os.environ[PLAN_ENV] = "hierarchical_leader/bf16/1MB"
     if plan_file is not None and rank == 0:  # an agent's workers: rank 0 reads the file
         os.environ[PLAN_FILE_ENV] = str(plan_file)
+        os.environ[IPC_ENV] = f"ipc://{plan_file.parent / 'agent.sock'}"  # nobody reads it
         logging.getLogger(mesh_hook.__name__).addHandler(collect)
     try:
         hook = prepare(mesh, MeshHookConfig(gpus_per_node=2, **overrides), plan_provider=provider)
     finally:
         os.environ.pop(PLAN_ENV, None)
         os.environ.pop(PLAN_FILE_ENV, None)
+        os.environ.pop(IPC_ENV, None)
     opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (ref, mesh)]
     gen = torch.Generator().manual_seed(100 + rank)
     errors, losses = [], []
@@ -152,6 +155,8 @@ def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
         for opt in opts:
             opt.step()
     logging.getLogger(mesh_hook.__name__).removeHandler(collect)
+    published = list(hook.signal.links or ()) if hook.signal is not None else None
+    hook.close()
     return {
         "errors": errors,
         "losses": losses,
@@ -165,6 +170,7 @@ def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
         "windows": [[step, ran.label(), busy, comm] for step, ran, busy, comm in hook.windows],
         "record_plans": sorted({(r.step, r.algorithm, r.compression) for r in hook.records}),
         "warnings": warnings,
+        "published_links": published,
     }
 
 

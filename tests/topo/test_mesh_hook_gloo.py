@@ -164,3 +164,7 @@ def test_rank_zero_adopts_the_coordinators_plans_and_plans_locally_when_one_cann
     (warning,) = ranks[0]["cell_plan"]["warnings"]
     assert warning.startswith("step 6: the coordinator's collective plan v3 (tree/none/1) is not")
     assert "tree is not among this hook's algorithms; planning locally" in warning
+    # rank 0 sends the links it fitted (the coordinator plans with them); the others fit none
+    intra_s, intra_Bps, inter_s, node_Bps = ranks[0]["cell_plan"]["published_links"]
+    assert 0 < intra_s < 1 and 0 < inter_s < 1 and intra_Bps > 1e6 and node_Bps > 1e6
+    assert ranks[0]["ring"]["published_links"] is None  # no agent: nothing to send

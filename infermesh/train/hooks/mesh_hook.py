@@ -462,6 +462,20 @@ class MeshHook:
             self._log_links()
         return plan.choice
 
+    def _publish_links(self) -> None:
+        """Rank 0: send the links fitted from the measured collectives to the agent (with the
+        next message); the coordinator plans the job with them."""
+        replanner = self.replanner
+        if self.signal is None or replanner is None or not replanner.calibrated:
+            return
+        links = replanner.links
+        self.signal.links = (
+            links.intra.latency_s,
+            links.intra.bandwidth_Bps,
+            links.inter.latency_s,
+            links.node_Bps,
+        )
+
     def _cell_choice(self) -> PlanChoice | None:
         """Rank 0: the coordinator's current plan, when it sent one this hook can run."""
         if self.cell_plans is None:
@@ -542,6 +556,7 @@ class MeshHook:
         row = torch.zeros(_ROW, dtype=torch.float64, device=device)
         if self.rank == 0:
             choice = self._propose()
+            self._publish_links()
             version = self.version if choice == self.choice else self.version + 1
             row[0], row[1] = version, _ALGORITHMS.index(choice.algorithm)
             row[2], row[3] = _COMPRESSIONS.index(choice.compression), choice.fusion_bytes
