@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import getpass
 import logging
 import os
 import socket
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -33,10 +35,22 @@ from infermesh.cli._cell import (
 from infermesh.cli.security import server_security
 from infermesh.client.connection import Connection
 from infermesh.client.coordinator import DEFAULT_PORT, parse_address, pb
+from infermesh.control.auth import SecurityConfig
 from infermesh.control.coordinator import Coordinator, check_port, default_store_url
 from infermesh.core.errors import InferMeshError, UsageError
-from infermesh.security.tls import ENV_CA, ENV_CERT, ENV_DIR, ENV_KEY, ClientTls
+from infermesh.security.ca import (
+    CA_KEY,
+    default_server_names,
+    init_ca,
+    load_ca,
+    write_bundle,
+)
+from infermesh.security.identity import SpiffeId
+from infermesh.security.tls import ENV_CA, ENV_CERT, ENV_DIR, ENV_KEY, ClientTls, TlsFiles
 from infermesh.serve._aio import until_signal
+
+LOCAL_TRUST_DOMAIN = "local.infermesh"
+"""Trust domain of the CA ``infermesh up --secure`` makes."""
 
 coordinator_app = typer.Typer(help="Run the cell coordinator.", no_args_is_help=True)
 agent_app = typer.Typer(help="Run a node agent.", no_args_is_help=True)
@@ -284,6 +298,41 @@ def _make_agent(
     )
 
 
+@dataclass(frozen=True)
+class _LocalPki:
+    security: SecurityConfig
+    nodes: dict[str, Path]
+    """Each agent's bundle directory."""
+    user_dir: Path
+    admin: str
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (containers)
+        return "operator"
+
+
+def _local_pki(certs: Path, cell: str, node_ids: list[str], user: str) -> _LocalPki:
+    """The certificates of a ``up --secure`` cell: the CA is made once and kept; the leaf
+    certificates (coordinator, agents, the user) are issued afresh at every start."""
+    ca = load_ca(certs) if (certs / CA_KEY).exists() else init_ca(certs, LOCAL_TRUST_DOMAIN)
+    dns, ips = default_server_names()
+    server = ca.issue(SpiffeId.coordinator(ca.trust_domain, cell), dns=dns, ips=ips)
+    coordinator_dir = write_bundle(certs / f"coordinator-{cell}", server)
+    nodes = {
+        n: write_bundle(certs / f"node-{n}", ca.issue(SpiffeId.node(ca.trust_domain, cell, n)))
+        for n in node_ids
+    }
+    user_dir = write_bundle(
+        certs / f"user-{user}", ca.issue(SpiffeId.user(ca.trust_domain, cell, user))
+    )
+    admin = f"user:{user}"
+    files = TlsFiles.from_options(str(coordinator_dir))
+    return _LocalPki(SecurityConfig(tls=files, admins=(admin,)), nodes, user_dir, admin)
+
+
 def _socket_path(workdir: Path) -> str:
     """The agent's collective-telemetry socket: in its work dir, or /tmp if that is too long."""
     path = str(workdir.resolve() / "signal.sock")
@@ -301,6 +350,15 @@ def up(
     cell: str = typer.Option("local", help="Cell name."),
     ready_file: str = typer.Option("", help="Write the coordinator address here."),
     dead_after: float = typer.Option(10.0, help="Seconds of silence before a node is DEAD."),
+    secure: bool = typer.Option(
+        False,
+        "--secure",
+        help="mTLS: a CA in STATE_DIR/certs (made once), fresh certificates for the "
+        "coordinator, each agent and you (an admin) at every start.",
+    ),
+    user: str = typer.Option(
+        "", help="With --secure: your user name in the cell (default: the login name)."
+    ),
     log_level: str = typer.Option("WARNING", help="Log level."),
 ) -> None:
     """Start an embedded local cell: a coordinator and N agents on loopback."""
@@ -308,9 +366,18 @@ def up(
     if agents < 1:
         typer.echo(f"infermesh: error: --agents {agents}: start at least one agent", err=True)
         raise typer.Exit(2)
+    if user and not secure:
+        typer.echo("infermesh: error: --user names you in a --secure cell; add --secure", err=True)
+        raise typer.Exit(2)
+    state = Path(state_dir)
+    ids = [f"node-{i}" for i in range(agents)]
+    try:
+        pki = _local_pki(state / "certs", cell, ids, user or _login()) if secure else None
+    except InferMeshError as error:
+        typer.echo(f"infermesh: error: {error}", err=True)
+        raise typer.Exit(2) from None
 
     async def main() -> None:
-        state = Path(state_dir)
         state.mkdir(parents=True, exist_ok=True)
         coord = Coordinator(
             store_url=default_store_url(state),
@@ -318,27 +385,35 @@ def up(
             host="127.0.0.1",
             port=check_port(port),
             dead_after_s=dead_after,
+            security=pki.security if pki else None,
         )
         await coord.start()
         nodes = [
             _make_agent(
                 coord.address,
-                f"node-{i}",
+                node_id,
                 cell,
-                state / f"node-{i}",
+                state / node_id,
                 slots,
                 "",
                 {},
                 "127.0.0.1",
                 0,
+                tls=ClientTls.from_options(str(pki.nodes[node_id])) if pki else None,
             )
-            for i in range(agents)
+            for node_id in ids
         ]
         tasks = [asyncio.create_task(a.run()) for a in nodes]
         await asyncio.wait_for(asyncio.gather(*(a.registered.wait() for a in nodes)), 30)
+        how = (
+            f"mTLS, loopback only; you are admin {pki.admin}: add --tls-dir {pki.user_dir} to "
+            f"client commands or export {ENV_DIR}={pki.user_dir}"
+            if pki
+            else "insecure, loopback only"
+        )
         typer.echo(
-            f"infermesh: local cell {cell} up: coordinator {coord.address} (insecure, "
-            f"loopback only), {agents} agent(s); Ctrl-C stops it",
+            f"infermesh: local cell {cell} up: coordinator {coord.address} ({how}), "
+            f"{agents} agent(s); Ctrl-C stops it",
             err=False,
         )
         if ready_file:

@@ -34,7 +34,7 @@ from infermesh.control.records import Records
 from infermesh.control.security_service import SecurityRpcs
 from infermesh.control.service import CoordinatorService
 from infermesh.control.store import Store, open_store
-from infermesh.core.cell import NodeStatus
+from infermesh.core.cell import JobStatus, NodeStatus
 from infermesh.core.errors import PortInUse, UsageError
 from infermesh.obs.metrics import REGISTRY
 from infermesh.security.tls import ServerTls, trust_domain_of
@@ -242,14 +242,12 @@ class Coordinator:
         now = time.time()
         changed = 0
         for job in self.jobs.active():
+            if job.status != JobStatus.RUNNING.value:
+                continue
             samples = [
-                (name, labels, series.value)
+                sample
                 for node_id in job.nodes
-                if node_id in self.signals.nodes
-                for (name, labels), series in self.signals.view(
-                    node_id, PLAN_SIGNAL_AGE_S, now
-                ).series.items()
-                if name.startswith("comm.")
+                for sample in self.signals.fresh(node_id, "comm.", PLAN_SIGNAL_AGE_S, now)
             ]
             plan = self.collectives.plan(job, samples)
             if plan is not None:

@@ -439,6 +439,22 @@ class SignalTable:
     def health(self, node_id: str) -> tuple[Health, list[str]]:
         return self._get(node_id).health()
 
+    def fresh(
+        self, node_id: str, prefix: str, max_age_s: float, now: float
+    ) -> list[tuple[str, str, float]]:
+        """``(name, labels, value)`` of ``node_id``'s series whose name starts with ``prefix``
+        and that are at most ``max_age_s`` old; empty for an unknown node. Cheaper than
+        :meth:`view` (no view objects), for periodic passes over many nodes."""
+        state = self.nodes.get(node_id)
+        if state is None:
+            return []
+        oldest = now - max_age_s
+        return [
+            (name, labels, s.value)
+            for (name, labels), s in state.series.items()
+            if s.ts >= oldest and name.startswith(prefix)
+        ]
+
     def links(self, node_id: str, now: float) -> dict[str, LinkMeasure]:
         return self._get(node_id).links(now)
 

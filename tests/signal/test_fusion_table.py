@@ -215,3 +215,15 @@ def test_a_node_that_left_is_forgotten() -> None:
     t.forget("gone")
     with pytest.raises(UnknownNode):
         t.health("gone")
+
+
+def test_fresh_lists_one_family_of_recent_series_without_building_a_view() -> None:
+    t = SignalTable()
+    rows = [
+        ("comm.grad_bytes", 4096.0, 100.0, "job=j1"),
+        ("comm.link_bandwidth_bytes_per_s", 1e9, 50.0, "link=inter"),  # 60 s old at 110
+        ("gpu.util", 0.5, 100.0, "gpu=0"),
+    ]
+    _ingest(t, "a", rows, 100.0)
+    assert t.fresh("a", "comm.", 30.0, 110.0) == [("comm.grad_bytes", "job=j1", 4096.0)]
+    assert t.fresh("nobody", "comm.", 30.0, 110.0) == []
