@@ -39,6 +39,7 @@ from infermesh.core.errors import PortInUse, UsageError
 from infermesh.obs.metrics import REGISTRY
 from infermesh.security.tls import ServerTls, trust_domain_of
 from infermesh.signal.api import parse_labels
+from infermesh.signal.collective import FIGURE_SIGNALS
 from infermesh.signal.export import SIGNALS
 from infermesh.signal.fusion import Health, SignalTable
 
@@ -48,6 +49,8 @@ STRAGGLER = "train.straggler"
 KEEP_REVISIONS = 10_000
 PLAN_SIGNAL_AGE_S = 30.0
 """A job is planned from its nodes' signals of the last this many seconds."""
+PLAN_BATCH = 20
+"""Jobs planned between two hand-backs of the event loop."""
 """Store history kept for watches; older revisions are compacted every minute."""
 _QUARANTINE, _QUARANTINED = Health.QUARANTINE.value, NodeStatus.QUARANTINED.value
 
@@ -238,16 +241,21 @@ class Coordinator:
 
     async def plan_collectives(self) -> int:
         """Re-plan every running job's collectives from its nodes' fresh signals; return how
-        many plans changed (each is stored, recorded and sent to the job's agents)."""
+        many plans changed (each is stored, recorded and sent to the job's agents).
+
+        Hands the event loop back every :data:`PLAN_BATCH` jobs: heartbeats are answered
+        between batches, not after the whole pass (0.3 s of CPU for 1,250 jobs on 10,000
+        nodes, benchmarks/control/README.md)."""
         now = time.time()
         changed = 0
-        for job in self.jobs.active():
-            if job.status != JobStatus.RUNNING.value:
-                continue
+        running = [j for j in self.jobs.active() if j.status == JobStatus.RUNNING.value]
+        for i, job in enumerate(running):
+            if i and i % PLAN_BATCH == 0:
+                await asyncio.sleep(0)
             samples = [
                 sample
                 for node_id in job.nodes
-                for sample in self.signals.fresh(node_id, "comm.", PLAN_SIGNAL_AGE_S, now)
+                for sample in self.signals.fresh(node_id, FIGURE_SIGNALS, PLAN_SIGNAL_AGE_S, now)
             ]
             plan = self.collectives.plan(job, samples)
             if plan is not None:

@@ -43,6 +43,7 @@ from infermesh.signal.api import Collector, CollectorError, Sample, format_label
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "FIGURE_SIGNALS",
     "IPC_ENV",
     "CollectiveCollector",
     "CollectiveMessage",
@@ -453,3 +454,5 @@ def job_figures(job: str, samples: Iterable[tuple[str, str, float]]) -> JobFigur
 _JOB_SIGNALS = frozenset(
     ("comm.grad_bytes", "comm.bucket_bytes", "comm.link_latency_s", "comm.link_fitted_bytes_per_s")
 )
+FIGURE_SIGNALS = _JOB_SIGNALS | {"comm.link_bandwidth_bytes_per_s"}
+"""The signals :func:`job_figures` reads: all a node needs to give for planning."""

@@ -1,4 +1,5 @@
-"""Smoke tests of ``benchmarks/control/bench_heartbeats.py`` and ``bench_jobs_ls.py``.
+"""Smoke tests of ``benchmarks/control/bench_heartbeats.py``, ``bench_jobs_ls.py`` and
+``bench_plan_pass.py``.
 
 Small sizes (50 agents for 3 s, 500 jobs) so the scripts keep working; the figures they
 print are checked for sense, not for speed.
@@ -64,3 +65,13 @@ def test_jobs_ls_bench_lists_every_record() -> None:
     assert rows["status RUNNING"][1] == "5"  # 1 job in 100 is RUNNING
     assert rows["all"][1] == "500" and rows["all"][4] == "50"
     assert all(math.isfinite(float(cells[2])) for cells in rows.values())
+
+
+def test_plan_pass_bench_plans_every_job_once_and_hands_the_loop_back() -> None:
+    argv = [sys.executable, str(BENCH / "bench_plan_pass.py"), "--nodes", "160", "--runs", "1"]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| 160")]
+    assert [r[2].strip() for r in rows] == ["peer: none", "20 jobs"]
+    for row in rows:
+        assert row[1].strip() == "20" and row[3].strip().endswith("(20)")  # every job planned

@@ -225,5 +225,6 @@ def test_fresh_lists_one_family_of_recent_series_without_building_a_view() -> No
         ("gpu.util", 0.5, 100.0, "gpu=0"),
     ]
     _ingest(t, "a", rows, 100.0)
-    assert t.fresh("a", "comm.", 30.0, 110.0) == [("comm.grad_bytes", "job=j1", 4096.0)]
-    assert t.fresh("nobody", "comm.", 30.0, 110.0) == []
+    wanted = {"comm.grad_bytes", "comm.link_bandwidth_bytes_per_s"}
+    assert t.fresh("a", wanted, 30.0, 110.0) == [("comm.grad_bytes", "job=j1", 4096.0)]
+    assert t.fresh("nobody", wanted, 30.0, 110.0) == []
