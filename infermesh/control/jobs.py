@@ -46,6 +46,8 @@ STRAGGLERS = counter(
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$")
 MAX_LOG_LINES = 20_000
 PROGRESS_PERSIST_S = 5.0
+RATE_WINDOW_S = 2.0
+"""A job's steps/s is measured over windows of at least this many seconds."""
 
 
 class JobNotFound(KeyError):
@@ -360,16 +362,19 @@ class JobManager:
             return
         now = time.monotonic()
         step0, t0, persisted = self._progress.get(job.job_id, (report.step, now, 0.0))
-        if now > t0 and report.step > step0:
+        # every node reports the job's step, a few ms apart: a rate over such a gap would be
+        # thousands of steps/s. Measure over RATE_WINDOW_S at least.
+        if now - t0 >= RATE_WINDOW_S:
             rate = (report.step - step0) / (now - t0)
             job.steps_per_s = rate if not job.steps_per_s else 0.7 * job.steps_per_s + 0.3 * rate
+            step0, t0 = report.step, now
         job.step = report.step
         job.restarts = max(job.restarts, report.restarts)
         JOB_STEP.labels(cell=self.cell, job=job.job_id).set(job.step)
         if now - persisted > PROGRESS_PERSIST_S:
             await self._save(job)
             persisted = now
-        self._progress[job.job_id] = (report.step, now, persisted)
+        self._progress[job.job_id] = (step0, t0, persisted)
 
     async def on_straggler(self, job_id: str, rank: str, ratio: float) -> str | None:
         """A worker's hook found ``rank`` slow: record it; return the node that hosts it."""

@@ -383,3 +383,37 @@ def test_placement_and_rendezvous_are_traced(coord, client):
     assert spans["placement.plan"].attributes["job"] == job.job_id
     assert spans["placement.plan"].attributes["nodes_chosen"] == 1
     assert spans["coordinator.submit"].attributes["job"] == job.job_id
+
+
+def test_steps_per_second_is_measured_over_a_window_not_between_two_nodes_reports(
+    coord, client, monkeypatch
+):
+    """Every node reports the job's step a few ms apart; a rate over that gap would read
+    thousands of steps/s."""
+    from infermesh.control import jobs
+
+    monkeypatch.setattr(jobs, "RATE_WINDOW_S", 0.3)
+    for node in ("node-a", "node-b"):
+        _register(coord, node, slots=1)
+    job = client.submit_job(_job(nodes_min=2, nodes_max=2)).job
+
+    async def report(node: str, step: int):
+        channel, stub = async_stub(coord.address)
+        rep = pb.JobReport(job_id=job.job_id, state="running", step=step)
+
+        async def beats():
+            yield pb.AgentHeartbeat(node_id=node, epoch=1, seq=1, jobs=[rep], want_ack=True)
+
+        try:
+            return [m async for m in stub.Heartbeat(beats())]
+        finally:
+            await channel.close()
+
+    t0 = time.monotonic()
+    coord.run(report("node-a", 10))
+    coord.run(report("node-b", 11))  # a step later, milliseconds apart
+    assert client.get_job(job.job_id).job.steps_per_s == 0  # no window has passed yet
+    wait_for(lambda: time.monotonic() - t0 > 0.35, 2, "the rate window")
+    coord.run(report("node-a", 14))
+    rate = client.get_job(job.job_id).job.steps_per_s
+    assert 0 < rate < 4 / 0.3, rate  # 4 steps over at least 0.3 s
