@@ -20,16 +20,18 @@ everything needed to run it:
 **Agreement.** At step 0 and every ``replan_every`` steps the ranks run one small
 ``all_gather``: rank 0's row carries the plan (version, algorithm, compression, window), every
 row carries that rank's busy and collective time. All ranks adopt rank 0's plan at that same
-step, before the step's first collective, so a step never mixes plans. Rank 0's plan comes
-from a :class:`~infermesh.train.planning.Replanner` fed with the measured collective times,
-or from ``plan_provider`` (the coordinator's plan, or a test's schedule).
+step, before the step's first collective, so a step never mixes plans. Rank 0's plan is, in
+order: ``plan_provider``'s (a fixed plan, a test's schedule); the coordinator's, under an
+agent that hands it over in ``$INFERMESH_PLAN_FILE``, when this hook can run it; else its
+own :class:`~infermesh.train.planning.Replanner`'s, fed with the measured collective times.
+Rank 0 sends the links it fitted to the agent, so the coordinator plans with them.
 
 **Telemetry.** Every collective is timed (bytes, seconds, algorithm, compression, group) into
 :attr:`MeshHook.records` and Prometheus (``infermesh_collective_seconds``,
 ``infermesh_collective_bytes_total``): by the host clock on CPU, by CUDA events on a GPU (an
-NCCL collective returns to the host before it runs), read when the next step begins; the
-hook calls the progress heartbeat once per step and
-detects stragglers (:mod:`.stragglers`).
+NCCL collective returns to the host before it runs), read when the next step begins (and by
+:meth:`MeshHook.close` after the last). The hook calls the progress heartbeat once per step
+and detects stragglers (:mod:`.stragglers`).
 
 **Emulation.** gloo has one all-reduce algorithm (a ring) and no async
 ``reduce_scatter_tensor``. NCCL reads ``NCCL_ALGO`` when it initialises each communicator, so
