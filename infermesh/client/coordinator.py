@@ -115,9 +115,19 @@ def require_address(flag: str | None) -> str:
     return address
 
 
-def _translate(error: grpc.RpcError, address: str, method: str) -> CoordinatorError:
+def _translate(
+    error: grpc.RpcError, address: str, method: str, plaintext: bool = False
+) -> CoordinatorError:
     code = error.code() if hasattr(error, "code") else None
     detail = error.details() if hasattr(error, "details") else str(error)
+    closed = any(w in detail.lower() for w in ("socket closed", "connection reset"))
+    if code == grpc.StatusCode.UNAVAILABLE and plaintext and closed:
+        return CoordinatorUnavailable(
+            f"the coordinator at {address} closed the connection ({detail}): it probably "
+            "requires TLS; give --tls-dir (or $INFERMESH_TLS_DIR) with a certificate bundle of "
+            "its cell (`infermesh certs issue`)",
+            code,
+        )
     if code == grpc.StatusCode.UNAVAILABLE and _tls_failure(detail):
         return CoordinatorUnavailable(
             f"the TLS handshake with {address} failed ({detail}); the coordinator and this "
@@ -197,6 +207,7 @@ class CoordinatorClient:
         self.address = parse_address(address)
         self.timeout_s = timeout_s
         creds, options = _security(credentials, tls)
+        self.plaintext = creds is None
         if creds is None:
             self._channel = grpc.insecure_channel(self.address, options=options)
         else:
@@ -219,7 +230,7 @@ class CoordinatorClient:
                 request, timeout=timeout_s if timeout_s is not None else self.timeout_s
             )
         except grpc.RpcError as error:
-            raise _translate(error, self.address, method) from None
+            raise _translate(error, self.address, method, self.plaintext) from None
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the channel connects; :class:`CoordinatorUnavailable` otherwise."""
@@ -266,7 +277,7 @@ class CoordinatorClient:
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.CANCELLED:
                 return
-            raise _translate(error, self.address, "JobLogs") from None
+            raise _translate(error, self.address, "JobLogs", self.plaintext) from None
         finally:
             stream.cancel()
 

@@ -73,7 +73,10 @@ def test_stats_and_whoami_take_the_bundle_from_the_environment(coord, root_dir):
 def test_without_tls_the_secure_coordinator_is_refused_with_exit_1(coord):
     r = invoke("jobs", "ls", "--coordinator", coord.address)
     assert r.code == 1
-    assert r.stderr.startswith(f"infermesh: error: no coordinator answers at {coord.address}")
+    assert r.stderr.startswith(
+        f"infermesh: error: the coordinator at {coord.address} closed the connection"
+    ), r.stderr
+    assert "it probably requires TLS; give --tls-dir" in r.stderr
 
 
 def test_topo_plan_reads_a_job_from_a_secure_coordinator(coord, pki, root_dir):
