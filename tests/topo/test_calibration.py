@@ -214,3 +214,46 @@ def test_powersgd_timings_are_not_fitted_and_say_why() -> None:
     replanner.observe_group(replanner.plan.choice, "world", MIB, 0.5)
     assert replanner.calibration.samples == 0
     assert "powersgd timings (they include its compute)" in replanner.calibration.ignored
+
+
+def _run_with_model_error(
+    replanner: Replanner, truth: LinkModel, steps: int, error: dict[Algorithm, float]
+) -> list[Algorithm]:
+    """Like :func:`run_replanner`, but an algorithm in ``error`` really takes that factor of
+    what the model says: a plan the fitted model mis-prices."""
+    job, history = replanner.job, []
+    for step in range(1, steps + 1):
+        choice = replanner.plan.choice
+        scale = error.get(choice.algorithm, 1.0)
+        timings = group_timings(choice.algorithm, choice.fusion_bytes, truth, job)
+        replanner.observe(choice, scale * sum(s for _, s, _ in timings.values()))
+        for group, (nbytes, seconds, calls) in timings.items():
+            replanner.observe_group(choice, group, nbytes, scale * seconds, calls)
+        history.append(replanner.maybe_replan(step).algorithm)
+    return history
+
+
+@pytest.mark.parametrize(
+    ("leader_error", "settles_on"),
+    [(0.8, Algorithm.HIERARCHICAL_LEADER), (1.1, Algorithm.HIERARCHICAL)],
+)
+def test_a_close_plan_never_measured_is_tried_for_one_window_and_the_faster_one_kept(
+    leader_error: float, settles_on: Algorithm
+) -> None:
+    config = PlannerConfig(algorithms=TWO_LEVEL, replan_every=10, explore_within=0.2)
+    replanner = Replanner(GLOO_JOB, VETH, config)
+    history = _run_with_model_error(
+        replanner, VETH, 50, {Algorithm.HIERARCHICAL_LEADER: leader_error}
+    )
+    assert history[:9] == [Algorithm.HIERARCHICAL] * 9  # the profile's choice
+    assert history[9:19] == [Algorithm.HIERARCHICAL_LEADER] * 10  # step 10: the probe
+    assert set(history[19:]) == {settles_on}  # step 20: the faster measured one, then stays
+    assert replanner.plan.version == (2 if settles_on is Algorithm.HIERARCHICAL_LEADER else 3)
+    # ring is predicted far slower than hierarchical measured: never tried
+    assert Algorithm.RING not in history
+
+
+def test_without_exploring_a_plan_the_model_overprices_is_never_tried() -> None:
+    replanner = Replanner(GLOO_JOB, VETH, PlannerConfig(algorithms=TWO_LEVEL, replan_every=10))
+    history = _run_with_model_error(replanner, VETH, 50, {Algorithm.HIERARCHICAL_LEADER: 0.8})
+    assert set(history) == {Algorithm.HIERARCHICAL}

@@ -210,3 +210,19 @@ def test_a_fixed_plan_is_written_algorithm_slash_compression_slash_window() -> N
 def test_a_bad_fixed_plan_names_the_value_and_the_allowed_form(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=re.escape(message)):
         parse_plan_choice(text, 1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("min_gain", 1.0, "min_gain must be in [0, 1), got 1.0"),
+        ("replan_every", 0, "replan_every must be >= 1, got 0"),
+        ("explore_within", -0.1, "explore_within must be in [0, 1), got -0.1"),
+        ("explore_within", 1.5, "explore_within must be in [0, 1), got 1.5"),
+    ],
+)
+def test_a_bad_planner_setting_names_the_field_and_the_allowed_range(
+    field: str, value: float, message: str
+) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        PlannerConfig(**{field: value})

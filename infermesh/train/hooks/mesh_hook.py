@@ -157,6 +157,10 @@ class MeshHookConfig:
     min_gain: float = 0.1
     """A new plan must be predicted at least this fraction faster to replace the current one."""
 
+    explore_within: float = 0.2
+    """A plan never run whose predicted time is within this fraction of the current plan's
+    measured time is run for one window, then the faster measured one is kept (0: never)."""
+
     powersgd_rank: int = 4
     """PowerSGD's matrix approximation rank."""
 
@@ -187,6 +191,7 @@ class MeshHookConfig:
             compressions=compressions,
             min_gain=self.min_gain,
             replan_every=self.replan_every,
+            explore_within=self.explore_within,
             powersgd_rank=self.powersgd_rank,
         )
 

@@ -18,7 +18,7 @@ import logging
 import math
 import statistics
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from infermesh.core.errors import UsageError
 from infermesh.train.planning.api import (
@@ -63,6 +63,12 @@ class PlannerConfig:
     powersgd_rank: int = 4
     """PowerSGD's matrix approximation rank."""
 
+    explore_within: float = 0.0
+    """:class:`Replanner` only: at a re-plan, an alternative never measured whose predicted
+    time is within this fraction of the current plan's measured time is run for one window
+    before the planner settles (0: never). The model fitted on one plan's timings can be off
+    by 20-25% for another; measuring settles what the model cannot."""
+
     def __post_init__(self) -> None:
         if not self.algorithms:
             raise UsageError("algorithms is empty; name at least one, e.g. ring")
@@ -76,6 +82,8 @@ class PlannerConfig:
             raise UsageError(f"powersgd_rank must be >= 1, got {self.powersgd_rank}")
         if not self.fusion_multiples or min(self.fusion_multiples) < 1:
             raise UsageError(f"fusion_multiples must be >= 1, got {self.fusion_multiples}")
+        if not 0 <= self.explore_within < 1:
+            raise UsageError(f"explore_within must be in [0, 1), got {self.explore_within}")
 
 
 def candidates(job: JobShape, config: PlannerConfig) -> list[PlanChoice]:
@@ -212,6 +220,7 @@ class Replanner:
         self.calibration = LinkCalibration(links, job, history=history)
         self._measured: dict[tuple[Algorithm, Compression], deque[tuple[PlanChoice, float]]] = {}
         self.plan = plan_collectives(job, links, config=self.config)
+        self._probing = False  # the current plan runs for one window to be measured
 
     def observe(self, choice: PlanChoice, measured_s: float) -> None:
         """Record one step's measured collective time under ``choice``."""
@@ -237,6 +246,36 @@ class Replanner:
     def observe_bandwidth(self, link: str, bytes_per_s: float) -> None:
         """Record a measured bandwidth of ``link`` (``intra``, ``inter`` per NIC, ``world``)."""
         self.calibration.add_bandwidth(link, bytes_per_s)
+
+    def _probe(self, plan: CollectivePlan) -> CollectivePlan | None:
+        """A never-measured alternative of ``plan`` to run for one window first, or None: the
+        one predicted fastest among those within ``explore_within`` of the current plan's
+        measured time (median of its recent steps). Only once the links are fitted."""
+        within = self.config.explore_within
+        current = self._measured.get((self.plan.algorithm, self.plan.compression))
+        if within <= 0 or not self.calibrated or not current:
+            return None
+        measured = statistics.median(m for _, m in current)
+        untried = [
+            alt
+            for alt in plan.alternatives
+            if (alt.choice.algorithm, alt.choice.compression) not in self._measured
+            and alt.predicted_s <= measured * (1 + within)
+        ]
+        if not untried:
+            return None
+        probe = min(untried, key=lambda a: a.predicted_s)
+        return replace(
+            plan,
+            choice=probe.choice,
+            predicted_s=probe.predicted_s,
+            version=self.plan.version + 1,
+            reason=(
+                f"exploring: never measured, predicted {probe.predicted_s * 1e3:.2f} ms/step, "
+                f"within {within:.0%} of {self.plan.choice.label()}'s measured "
+                f"{measured * 1e3:.2f}"
+            ),
+        )
 
     @property
     def measurements(self) -> list[Measurement]:
@@ -272,10 +311,17 @@ class Replanner:
                 self.job,
                 self.links,
                 self.measurements,
-                previous=self.plan,
+                # after a probe window, the fastest measured plan wins outright
+                previous=None if self._probing else self.plan,
                 config=self.config,
                 unmeasured_factor=1.0 if self.calibrated else None,
             )
+            if self._probing:
+                version = self.plan.version + (new.choice != self.plan.choice)
+                new = replace(new, version=version, reason=f"after exploring: {new.reason}")
+            probe = self._probe(new)
+            self._probing = probe is not None
+            new = probe or new
             if new.version != self.plan.version:
                 logger.info(
                     "step %d: plan v%d %s -> v%d %s (%s)",
