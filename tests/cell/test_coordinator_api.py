@@ -305,6 +305,23 @@ def test_rendezvous_closes_when_max_nodes_joined_and_orders_by_address(coord):
     assert list(ra.nodes) == ["a", "b"]
 
 
+def _report(coord, node: str, report: pb.JobReport) -> None:
+    """One heartbeat of ``node`` (epoch 1) carrying ``report``, as its agent sends it."""
+
+    async def go():
+        channel, stub = async_stub(coord.address)
+
+        async def beats():
+            yield pb.AgentHeartbeat(node_id=node, epoch=1, seq=1, jobs=[report], want_ack=True)
+
+        try:
+            return [m async for m in stub.Heartbeat(beats())]
+        finally:
+            await channel.close()
+
+    coord.run(go())
+
+
 def _join(coord, job_id: str, node: str, addr: str):
     """RendezvousJoin as node ``node``'s launcher would call it (a coroutine)."""
 
@@ -345,21 +362,10 @@ def test_a_job_succeeds_with_its_round_while_an_added_node_is_still_joining(coor
     rendezvous = coord.coordinator.jobs.rendezvous
     wait_for(lambda: "node-c" in rendezvous.run(job.job_id).waiting, 10, "node-c waiting")
 
-    async def report(node: str):
-        channel, stub = async_stub(coord.address)
-        done = pb.JobReport(job_id=job.job_id, state="succeeded", step=100)
-
-        async def beats():
-            yield pb.AgentHeartbeat(node_id=node, epoch=1, seq=1, jobs=[done], want_ack=True)
-
-        try:
-            return [m async for m in stub.Heartbeat(beats())]
-        finally:
-            await channel.close()
-
-    coord.run(report("node-a"))
+    done = pb.JobReport(job_id=job.job_id, state="succeeded", step=100)
+    _report(coord, "node-a", done)
     assert client.get_job(job.job_id).job.status == "RUNNING"
-    coord.run(report("node-b"))
+    _report(coord, "node-b", done)
     final = client.get_job(job.job_id)
     assert final.job.status == "SUCCEEDED" and final.job.world_size == 2
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -397,23 +403,14 @@ def test_steps_per_second_is_measured_over_a_window_not_between_two_nodes_report
         _register(coord, node, slots=1)
     job = client.submit_job(_job(nodes_min=2, nodes_max=2)).job
 
-    async def report(node: str, step: int):
-        channel, stub = async_stub(coord.address)
-        rep = pb.JobReport(job_id=job.job_id, state="running", step=step)
-
-        async def beats():
-            yield pb.AgentHeartbeat(node_id=node, epoch=1, seq=1, jobs=[rep], want_ack=True)
-
-        try:
-            return [m async for m in stub.Heartbeat(beats())]
-        finally:
-            await channel.close()
+    def report(node: str, step: int) -> None:
+        _report(coord, node, pb.JobReport(job_id=job.job_id, state="running", step=step))
 
     t0 = time.monotonic()
-    coord.run(report("node-a", 10))
-    coord.run(report("node-b", 11))  # a step later, milliseconds apart
+    report("node-a", 10)
+    report("node-b", 11)  # a step later, milliseconds apart
     assert client.get_job(job.job_id).job.steps_per_s == 0  # no window has passed yet
     wait_for(lambda: time.monotonic() - t0 > 0.35, 2, "the rate window")
-    coord.run(report("node-a", 14))
+    report("node-a", 14)
     rate = client.get_job(job.job_id).job.steps_per_s
     assert 0 < rate < 4 / 0.3, rate  # 4 steps over at least 0.3 s
