@@ -12,8 +12,12 @@ timings; the agents turn them into ``comm.grad_bytes`` / ``comm.bucket_bytes`` s
   measured fitted in (:func:`~infermesh.train.planning.measured_links`, as ``infermesh topo
   plan JOB`` does);
 - :func:`~infermesh.train.planning.plan_collectives` over the algorithms the backend applies,
-  without compression (it changes the numerics; a job opts in inside its own hook), keeping
-  the current plan unless another is predicted ``min_gain`` faster.
+  without compression (it changes the numerics; a job opts in inside its own hook), with the
+  collective time the hook measured under each plan it ran correcting that plan's prediction,
+  keeping the current plan unless another is predicted ``min_gain`` faster;
+- exploring, as the hook's own planner does: a plan never measured that the model cannot rule
+  out is sent as a probe (``CollectivePlan.probe``) for one window, and once the hook measured
+  it the fastest measured plan is kept (:func:`plan_job`).
 
 A changed plan gets the next version, is stored on the job (``Job.plan``, shown by ``infermesh
 jobs show``), recorded as an event, and sent to the agents of the job's nodes on their next
@@ -40,11 +44,14 @@ from infermesh.train.planning import (
     CollectivePlan,
     Compression,
     JobShape,
+    Measurement,
     PlanChoice,
     PlannerConfig,
     link_profile,
     measured_links,
     plan_collectives,
+    probe_plan,
+    step_time,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,10 +87,17 @@ def job_shape(job: pb.Job, figures: JobFigures) -> JobShape | None:
 
 
 def plan_job(
-    job: pb.Job, figures: JobFigures, *, min_gain: float = 0.1
-) -> tuple[JobShape, CollectivePlan] | None:
-    """The plan for ``job`` from its figures, kept against ``job.plan`` (hysteresis);
-    None before the job's hook reported its shape."""
+    job: pb.Job, figures: JobFigures, *, min_gain: float = 0.1, explore_within: float = 0.2
+) -> tuple[JobShape, CollectivePlan, bool] | None:
+    """``(shape, plan, probe)`` for ``job`` from its figures; None before the job's hook
+    reported its shape.
+
+    The plans the hook measured correct their own predictions (measured / model). A plan
+    never measured that the model cannot rule out -- predicted within ``explore_within`` of
+    the current plan's measured time -- is proposed as a probe (``probe`` True) to run for
+    one window; once the hook measured the probe, the fastest measured plan wins outright,
+    and hysteresis (``min_gain``) applies again from there. While the probe has not been
+    measured yet, the current plan stays."""
     shape = job_shape(job, figures)
     if shape is None:
         return None
@@ -102,8 +116,35 @@ def plan_job(
         links = measured_links(links, shape, figures.bandwidths)
     config = PlannerConfig(algorithms=shape.backend.algorithms, min_gain=min_gain)
     previous = _current(job, shape)
-    plan = plan_collectives(shape, links, previous=previous, config=config, unmeasured_factor=1.0)
-    return shape, plan
+    choices = _measured_choices(figures)
+    measured = {(c.algorithm, c.compression): seconds for c, seconds in choices}
+    stats = [Measurement(c, s, step_time(c, shape, links)) for c, s in choices]
+    if previous is not None and job.plan.probe:
+        if (previous.algorithm, previous.compression) not in measured:
+            return shape, previous, True  # the probe has not run a window yet
+        previous = None  # measured: the fastest plan wins outright
+    plan = plan_collectives(
+        shape, links, stats, previous=previous, config=config, unmeasured_factor=1.0
+    )
+    current = _current(job, shape)
+    if current is not None:
+        probe = probe_plan(plan, current, measured, explore_within)
+        if probe is not None:
+            return shape, probe, True
+    return shape, plan, False
+
+
+def _measured_choices(figures: JobFigures) -> list[tuple[PlanChoice, float]]:
+    """The plans the hook measured (``algorithm/compression/fusion`` -> seconds per step)."""
+    out = []
+    for label, seconds in figures.plan_seconds.items():
+        try:
+            algorithm, compression, fusion = label.split("/")
+            choice = PlanChoice(Algorithm(algorithm), Compression(compression), int(fusion))
+        except ValueError:
+            continue  # a plan this coordinator does not know
+        out.append((choice, seconds))
+    return out
 
 
 def _current(job: pb.Job, shape: JobShape) -> CollectivePlan | None:
@@ -155,12 +196,15 @@ class CollectivePlanner:
             planned = plan_job(job, job_figures(job.job_id, samples), min_gain=self.min_gain)
             if planned is None:
                 return None
-            shape, plan = planned
+            shape, plan, probe = planned
             span.set_attribute("choice", plan.choice.label())
             current = _current(job, shape)
-            if current is not None and current.choice == plan.choice:
+            if current is not None and current.choice == plan.choice and job.plan.probe == probe:
                 return None
             PLANS.labels(cell=self.cell, job=job.job_id).inc()
             shown = f"{shape.nodes} node(s) x {shape.gpus_per_node} rank(s), {shape.backend.value}"
-            reason = f"{plan.reason}; {shown}"
-            return to_message(job.job_id, job.plan.version + 1, plan, reason)
+            if job.plan.probe and not probe:
+                shown = f"after exploring; {shown}"
+            message = to_message(job.job_id, job.plan.version + 1, plan, f"{plan.reason}; {shown}")
+            message.probe = probe
+            return message

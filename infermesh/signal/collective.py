@@ -12,7 +12,9 @@ turns what arrived since the last collection into samples: cumulative bytes, sec
 counts per (job, rank, link class, algorithm), the effective bandwidth per link class, the
 job's gradient and bucket bytes (``comm.grad_bytes`` / ``comm.bucket_bytes``, from the
 ``shape`` the hook sends) and the link figures rank 0's hook fitted from its timings
-(``comm.link_latency_s`` / ``comm.link_fitted_bytes_per_s``, from ``links``).
+(``comm.link_latency_s`` / ``comm.link_fitted_bytes_per_s``, from ``links``) and the
+collective seconds per step it measured under each plan it ran (``comm.plan_step_seconds``,
+from ``measured``).
 :func:`job_figures` reads a job's figures back out of samples: the coordinator plans the
 job's collectives from them, ``infermesh topo plan JOB`` prints them.
 
@@ -21,7 +23,8 @@ Wire format (one zmq frame, UTF-8 JSON, version 1)::
     {"v": 1, "job": "j1", "rank": 3, "dropped": 0,
      "records": [[ts, step, algorithm, compression, group, bytes, seconds, emulated], ...],
      "shape": [grad_bytes, bucket_bytes, backend],      # optional
-     "links": [intra_latency_s, intra_Bps, inter_latency_s, node_Bps]}  # optional
+     "links": [intra_latency_s, intra_Bps, inter_latency_s, node_Bps],  # optional
+     "measured": [[algorithm, compression, fusion_bytes, seconds_per_step], ...]}  # optional
 """
 
 from __future__ import annotations
@@ -112,6 +115,9 @@ class CollectiveMessage:
     """(gradient bytes per step, DDP bucket bytes, backend) of the sender's job."""
     links: tuple[float, float, float, float] | None = None
     """Fitted (intra latency s, intra bytes/s, inter latency s, a node's inter bytes/s)."""
+    measured: tuple[tuple[str, str, int, float], ...] = ()
+    """(algorithm, compression, fusion bytes, median collective seconds per step) of each
+    plan rank 0 ran."""
 
     def encode(self) -> bytes:
         rows = [
@@ -126,6 +132,8 @@ class CollectiveMessage:
             doc["shape"] = list(self.shape)
         if self.links is not None:
             doc["links"] = list(self.links)
+        if self.measured:
+            doc["measured"] = [list(m) for m in self.measured]
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -155,6 +163,10 @@ class CollectiveMessage:
             if "links" in doc:
                 a_i, b_i, a_e, b_e = (float(x) for x in doc["links"])
                 links = (a_i, b_i, a_e, b_e)
+            measured = tuple(
+                (str(alg), str(comp), int(fusion), float(seconds))
+                for alg, comp, fusion, seconds in doc.get("measured", ())
+            )
             return cls(
                 str(doc["job"]),
                 int(doc["rank"]),
@@ -163,6 +175,7 @@ class CollectiveMessage:
                 stragglers,
                 shape,
                 links,
+                measured,
             )
         except UsageError:
             raise
@@ -189,6 +202,8 @@ class CollectiveSender:
         """(gradient bytes per step, bucket bytes, backend): sent with every message."""
         self.links: tuple[float, float, float, float] | None = None
         """Rank 0's fitted link figures (see :attr:`CollectiveMessage.links`), likewise."""
+        self.measured: tuple[tuple[str, str, int, float], ...] = ()
+        """Rank 0's measured plans (see :attr:`CollectiveMessage.measured`), likewise."""
         self._unreported = 0
         self._sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
@@ -228,6 +243,7 @@ class CollectiveSender:
             tuple(self._stragglers),
             self.shape,
             self.links,
+            self.measured,
         )
         self._pending = []
         self._stragglers = []
@@ -340,11 +356,14 @@ class CollectiveCollector(Collector):
         dropped = False
         shapes: dict[str, tuple[int, int, str]] = {}
         fitted: dict[str, tuple[float, float, float, float]] = {}
+        plans: dict[str, tuple[tuple[str, str, int, float], ...]] = {}
         for msg in self.receiver.receive():
             if msg.shape is not None:
                 shapes[msg.job] = msg.shape
             if msg.links is not None:
                 fitted[msg.job] = msg.links
+            if msg.measured:
+                plans[msg.job] = msg.measured
             if msg.dropped:
                 self._dropped += msg.dropped
                 dropped = True
@@ -379,6 +398,10 @@ class CollectiveCollector(Collector):
                 labels = format_labels(job=job, link=link)
                 out.append(Sample("comm.link_latency_s", latency, now, labels))
                 out.append(Sample("comm.link_fitted_bytes_per_s", bandwidth, now, labels))
+        for job, measured in plans.items():
+            for alg, comp, fusion, seconds in measured:
+                labels = format_labels(job=job, strategy=f"{alg}/{comp}/{fusion}")
+                out.append(Sample("comm.plan_step_seconds", seconds, now, labels))
         for key in touched:
             t = self._totals[key]
             out.append(Sample("comm.allreduce_bytes", t.bytes, t.ts, key))
@@ -418,6 +441,9 @@ class JobFigures:
     fitted: dict[str, tuple[float, float]] = field(default_factory=dict)
     """``(latency s, bytes/s)`` by link class (``intra``; ``inter``: a node's total) as rank 0's
     hook fitted them from its own timings; empty until it has."""
+    plan_seconds: dict[str, float] = field(default_factory=dict)
+    """Measured collective seconds per step by plan (``algorithm/compression/fusion bytes``),
+    of each plan rank 0 ran."""
 
 
 def job_figures(job: str, samples: Iterable[tuple[str, str, float]]) -> JobFigures:
@@ -427,6 +453,7 @@ def job_figures(job: str, samples: Iterable[tuple[str, str, float]]) -> JobFigur
     measured: dict[str, list[float]] = defaultdict(list)
     latency: dict[str, float] = {}
     fitted_bw: dict[str, float] = {}
+    plan_seconds: dict[str, float] = {}
     for name, labels, value in samples:
         if name == "comm.link_bandwidth_bytes_per_s":
             measured[parse_labels(labels).get("link", "world")].append(value)
@@ -440,6 +467,8 @@ def job_figures(job: str, samples: Iterable[tuple[str, str, float]]) -> JobFigur
                 bucket = int(value)
             elif name == "comm.link_latency_s":
                 latency[parsed.get("link", "")] = value
+            elif name == "comm.plan_step_seconds":
+                plan_seconds[parsed.get("strategy", "")] = value
             else:
                 fitted_bw[parsed.get("link", "")] = value
     fitted: dict[str, tuple[float, float]] = {
@@ -448,11 +477,17 @@ def job_figures(job: str, samples: Iterable[tuple[str, str, float]]) -> JobFigur
         if link in latency and link in fitted_bw
     }
     bandwidths = {k: median(v) for k, v in measured.items()}
-    return JobFigures(grad, bucket, backend, bandwidths, fitted)
+    return JobFigures(grad, bucket, backend, bandwidths, fitted, plan_seconds)
 
 
 _JOB_SIGNALS = frozenset(
-    ("comm.grad_bytes", "comm.bucket_bytes", "comm.link_latency_s", "comm.link_fitted_bytes_per_s")
+    (
+        "comm.grad_bytes",
+        "comm.bucket_bytes",
+        "comm.link_latency_s",
+        "comm.link_fitted_bytes_per_s",
+        "comm.plan_step_seconds",
+    )
 )
 FIGURE_SIGNALS = _JOB_SIGNALS | {"comm.link_bandwidth_bytes_per_s"}
 """The signals :func:`job_figures` reads: all a node needs to give for planning."""

@@ -177,6 +177,14 @@ _TABLE = [
         "Bandwidth of a link class as a job's MeshHook fitted it (inter: a node's total).",
     ),
     _spec(
+        "comm.plan_step_seconds",
+        GAUGE,
+        "seconds",
+        "job,strategy",
+        "Median collective seconds per step a job's MeshHook measured under one plan "
+        "(strategy = algorithm/compression/fusion bytes).",
+    ),
+    _spec(
         "train.straggler",
         EVENT,
         "ratio",

@@ -122,6 +122,65 @@ def _fitted(coord, node: str, job_id: str, inter_latency_s: float, node_Bps: flo
     _beat(coord, node, beat)
 
 
+def _measured(coord, node: str, job_id: str, plans: dict[str, float]) -> None:
+    """A heartbeat with the collective seconds per step the job's hook measured per plan."""
+    beat = pb.AgentHeartbeat(node_id=node, epoch=1, seq=1)
+    tel = beat.telemetry
+    now = coord.run(_now())
+    for label, seconds in plans.items():
+        tel.name.append("comm.plan_step_seconds")
+        tel.value.append(seconds)
+        tel.ts.append(now)
+        tel.labels.append(f"job={job_id},strategy={label}")
+    _beat(coord, node, beat)
+
+
+def test_the_coordinator_probes_a_plan_its_model_cannot_rule_out_and_keeps_the_faster(coord):
+    """Fitted on hierarchical's timings the model over-prices the leader variant; the
+    coordinator sends it as a probe, waits until the hook measured it, then keeps the faster
+    measured plan."""
+    for node in ("node-a", "node-b"):
+        _register(coord, node)
+    spec = pb.JobSpec(name="t", entrypoint="/x.py", nproc_per_node=2, nodes_min=2, nodes_max=2)
+    with CoordinatorClient(coord.address) as client:
+        job = client.submit_job(spec).job
+        _join_both(coord, job.job_id)
+        planner = coord.coordinator
+
+        def plan() -> pb.CollectivePlan:
+            return client.get_job(job.job_id).job.plan
+
+        _figures(coord, "node-a", job.job_id, 4e7, 12e6)  # slow network: two-level wins
+        assert coord.run(planner.plan_collectives()) == 1
+        first = plan()
+        assert (first.version, first.algorithm, first.probe) == (1, "hierarchical", False)
+        window = f"{first.fusion_bytes}"
+        # the hook measured hierarchical 5% above the model; the leader variant is close enough
+        _measured(
+            coord, "node-a", job.job_id, {f"hierarchical/none/{window}": 1.05 * first.predicted_s}
+        )
+        assert coord.run(planner.plan_collectives()) == 1
+        probe = plan()
+        assert (probe.version, probe.algorithm, probe.probe) == (2, "hierarchical_leader", True)
+        assert probe.reason.startswith("exploring: never measured")
+        assert coord.run(planner.plan_collectives()) == 0  # not measured yet: it keeps running
+        # measured: the leader variant is 30% faster than hierarchical: kept, probing over
+        _measured(
+            coord,
+            "node-a",
+            job.job_id,
+            {
+                f"hierarchical/none/{window}": 1.05 * first.predicted_s,
+                f"hierarchical_leader/none/{probe.fusion_bytes}": 0.7 * first.predicted_s,
+            },
+        )
+        assert coord.run(planner.plan_collectives()) == 1
+        kept = plan()
+        assert (kept.version, kept.algorithm, kept.probe) == (3, "hierarchical_leader", False)
+        assert "after exploring" in kept.reason
+        assert coord.run(planner.plan_collectives()) == 0  # settled
+
+
 def _join_both(coord, job_id: str) -> None:
     import asyncio
 

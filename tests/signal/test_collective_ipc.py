@@ -259,6 +259,7 @@ def test_the_collector_turns_shape_and_fitted_links_into_job_samples(tmp_path: P
     sender = CollectiveSender(c.endpoint, job="j1", rank=0)
     sender.shape = (4096, 1024, "nccl")
     sender.links = (3e-5, 2e9, 1e-4, 1e8)
+    sender.measured = (("ring", "none", 4096, 0.04),)
     sender.add(CollectiveRecord(1.0, 0, "ring", "none", "world", 4096, 0.01, False))
     sender.flush()
     got = _collect_until(c, "comm.link_latency_s")
@@ -267,13 +268,18 @@ def test_the_collector_turns_shape_and_fitted_links_into_job_samples(tmp_path: P
     figures = job_figures("j1", [(s.name, s.labels, s.value) for s in got])
     assert (figures.grad_bytes, figures.bucket_bytes, figures.backend) == (4096, 1024, "nccl")
     assert figures.fitted == {"intra": (3e-5, 2e9), "inter": (1e-4, 1e8)}
+    assert figures.plan_seconds == {"ring/none/4096": 0.04}
 
 
 def test_the_shape_survives_the_wire_and_old_messages_have_none() -> None:
-    msg = CollectiveMessage("j", 0, (), shape=(4096, 1024, "gloo"), links=(3e-5, 2e9, 1e-4, 1e8))
+    measured = (("ring", "none", 4096, 0.04), ("hierarchical", "none", 4096, 0.03))
+    msg = CollectiveMessage(
+        "j", 0, (), shape=(4096, 1024, "gloo"), links=(3e-5, 2e9, 1e-4, 1e8), measured=measured
+    )
     back = CollectiveMessage.decode(msg.encode())
     assert (back.shape, back.links) == ((4096, 1024, "gloo"), (3e-5, 2e9, 1e-4, 1e8))
+    assert back.measured == measured
     old = CollectiveMessage.decode(b'{"v": 1, "job": "j", "rank": 0, "records": []}')
-    assert old.shape is None and old.links is None
+    assert old.shape is None and old.links is None and old.measured == ()
     with pytest.raises(UsageError, match="malformed collective message"):
         CollectiveMessage.decode(b'{"v": 1, "job": "j", "rank": 0, "records": [], "shape": [1]}')

@@ -156,6 +156,7 @@ def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
             opt.step()
     logging.getLogger(mesh_hook.__name__).removeHandler(collect)
     published = list(hook.signal.links or ()) if hook.signal is not None else None
+    measured = [list(m) for m in hook.signal.measured] if hook.signal is not None else None
     hook.close()
     return {
         "errors": errors,
@@ -171,6 +172,7 @@ def _scenario(name: str, rank: int, world: int) -> dict[str, Any]:
         "record_plans": sorted({(r.step, r.algorithm, r.compression) for r in hook.records}),
         "warnings": warnings,
         "published_links": published,
+        "published_measured": measured,
     }
 
 

@@ -168,3 +168,6 @@ def test_rank_zero_adopts_the_coordinators_plans_and_plans_locally_when_one_cann
     intra_s, intra_Bps, inter_s, node_Bps = ranks[0]["cell_plan"]["published_links"]
     assert 0 < intra_s < 1 and 0 < inter_s < 1 and intra_Bps > 1e6 and node_Bps > 1e6
     assert ranks[0]["ring"]["published_links"] is None  # no agent: nothing to send
+    # and what each plan it ran measured: the coordinator corrects its model with them
+    measured = {(a, c) for a, c, _, _ in ranks[0]["cell_plan"]["published_measured"]}
+    assert {("hierarchical", "none"), ("ring", "none")} <= measured

@@ -220,7 +220,7 @@ class Assignment(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., rdzv_endpoint: _Optional[str] = ...) -> None: ...
 
 class CollectivePlan(_message.Message):
-    __slots__ = ("job_id", "version", "algorithm", "compression", "fusion_bytes", "predicted_s", "reason", "planned_at")
+    __slots__ = ("job_id", "version", "algorithm", "compression", "fusion_bytes", "predicted_s", "reason", "planned_at", "probe")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +229,7 @@ class CollectivePlan(_message.Message):
     PREDICTED_S_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     PLANNED_AT_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     version: int
     algorithm: str
@@ -237,7 +238,8 @@ class CollectivePlan(_message.Message):
     predicted_s: float
     reason: str
     planned_at: float
-    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., algorithm: _Optional[str] = ..., compression: _Optional[str] = ..., fusion_bytes: _Optional[int] = ..., predicted_s: _Optional[float] = ..., reason: _Optional[str] = ..., planned_at: _Optional[float] = ...) -> None: ...
+    probe: bool
+    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., algorithm: _Optional[str] = ..., compression: _Optional[str] = ..., fusion_bytes: _Optional[int] = ..., predicted_s: _Optional[float] = ..., reason: _Optional[str] = ..., planned_at: _Optional[float] = ..., probe: _Optional[bool] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
     __slots__ = ("ack_seq", "received_at", "assign", "stop_jobs", "fenced", "plans")

@@ -470,8 +470,8 @@ class MeshHook:
         return plan.choice
 
     def _publish_links(self) -> None:
-        """Rank 0: send the links fitted from the measured collectives to the agent (with the
-        next message); the coordinator plans the job with them."""
+        """Rank 0: send the links fitted from the measured collectives, and what each plan it
+        ran measured, to the agent (with the next message); the coordinator plans with them."""
         replanner = self.replanner
         if self.signal is None or replanner is None or not replanner.calibrated:
             return
@@ -481,6 +481,10 @@ class MeshHook:
             links.intra.bandwidth_Bps,
             links.inter.latency_s,
             links.node_Bps,
+        )
+        self.signal.measured = tuple(
+            (c.algorithm.value, c.compression.value, c.fusion_bytes, seconds)
+            for c, seconds in replanner.measured_plans()
         )
 
     def _cell_choice(self) -> PlanChoice | None:

@@ -45,6 +45,7 @@ from infermesh.train.planning.planner import (
     candidates,
     describe,
     plan_collectives,
+    probe_plan,
 )
 
 __all__ = [
@@ -80,5 +81,6 @@ __all__ = [
     "parse_plan_choice",
     "plan_collectives",
     "plan_placement",
+    "probe_plan",
     "step_time",
 ]

@@ -18,6 +18,7 @@ import logging
 import math
 import statistics
 from collections import defaultdict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from infermesh.core.errors import UsageError
@@ -37,7 +38,14 @@ from infermesh.train.planning.links import LinkModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PlannerConfig", "Replanner", "candidates", "describe", "plan_collectives"]
+__all__ = [
+    "PlannerConfig",
+    "Replanner",
+    "candidates",
+    "describe",
+    "plan_collectives",
+    "probe_plan",
+]
 
 
 @dataclass(frozen=True)
@@ -248,34 +256,23 @@ class Replanner:
         self.calibration.add_bandwidth(link, bytes_per_s)
 
     def _probe(self, plan: CollectivePlan) -> CollectivePlan | None:
-        """A never-measured alternative of ``plan`` to run for one window first, or None: the
-        one predicted fastest among those within ``explore_within`` of the current plan's
-        measured time (median of its recent steps). Only once the links are fitted."""
-        within = self.config.explore_within
-        current = self._measured.get((self.plan.algorithm, self.plan.compression))
-        if within <= 0 or not self.calibrated or not current:
+        """:func:`probe_plan` with this replanner's measurements (once the links are fitted)."""
+        if not self.calibrated:
             return None
-        measured = statistics.median(m for _, m in current)
-        untried = [
-            alt
-            for alt in plan.alternatives
-            if (alt.choice.algorithm, alt.choice.compression) not in self._measured
-            and alt.predicted_s <= measured * (1 + within)
+        return probe_plan(plan, self.plan, self.measured_steps(), self.config.explore_within)
+
+    def measured_steps(self) -> dict[tuple[Algorithm, Compression], float]:
+        """Median measured collective seconds per step of each (algorithm, compression) run."""
+        return {(c.algorithm, c.compression): s for c, s in self.measured_plans()}
+
+    def measured_plans(self) -> list[tuple[PlanChoice, float]]:
+        """Each (algorithm, compression) run: its last choice (with its fusion window) and
+        its median measured collective seconds per step."""
+        return [
+            (recent[-1][0], statistics.median(m for _, m in recent))
+            for recent in self._measured.values()
+            if recent
         ]
-        if not untried:
-            return None
-        probe = min(untried, key=lambda a: a.predicted_s)
-        return replace(
-            plan,
-            choice=probe.choice,
-            predicted_s=probe.predicted_s,
-            version=self.plan.version + 1,
-            reason=(
-                f"exploring: never measured, predicted {probe.predicted_s * 1e3:.2f} ms/step, "
-                f"within {within:.0%} of {self.plan.choice.label()}'s measured "
-                f"{measured * 1e3:.2f}"
-            ),
-        )
 
     @property
     def measurements(self) -> list[Measurement]:
@@ -334,6 +331,43 @@ class Replanner:
                 )
             self.plan = new
         return self.plan
+
+
+def probe_plan(
+    plan: CollectivePlan,
+    current: CollectivePlan,
+    measured: Mapping[tuple[Algorithm, Compression], float],
+    within: float,
+) -> CollectivePlan | None:
+    """A never-measured alternative of ``plan`` to run for one window before settling, or
+    None: the one predicted fastest among those within ``within`` of ``current``'s measured
+    seconds per step (``measured``: by (algorithm, compression)). The model fitted on one
+    plan's timings can be 20-25% off for another; measuring settles what it cannot.
+    Shared by :class:`Replanner` and the coordinator."""
+    key = (current.algorithm, current.compression)
+    if within <= 0 or key not in measured:
+        return None
+    limit = measured[key] * (1 + within)
+    untried = [
+        alt
+        for alt in plan.alternatives
+        if (alt.choice.algorithm, alt.choice.compression) not in measured
+        and alt.predicted_s <= limit
+    ]
+    if not untried:
+        return None
+    probe = min(untried, key=lambda a: a.predicted_s)
+    return replace(
+        plan,
+        choice=probe.choice,
+        predicted_s=probe.predicted_s,
+        version=current.version + 1,
+        reason=(
+            f"exploring: never measured, predicted {probe.predicted_s * 1e3:.2f} ms/step, "
+            f"within {within:.0%} of {current.choice.label()}'s measured "
+            f"{measured[key] * 1e3:.2f}"
+        ),
+    )
 
 
 def describe(plan: CollectivePlan) -> str:
