@@ -39,6 +39,7 @@ from infermesh.obs.tracing import get_tracer
 from infermesh.signal.collective import JobFigures, job_figures
 from infermesh.train.planning import (
     DEFAULT_PROFILE,
+    PROFILE_ENV,
     Algorithm,
     Backend,
     CollectivePlan,
@@ -63,7 +64,6 @@ PLAN_INTERVAL_S = 10.0
 """How often the coordinator re-plans its running jobs (``coordinator start --plan-interval``)."""
 DDP_BUCKET_BYTES = 25 * 2**20
 """DDP's default bucket size, for a job whose hook did not report its own."""
-PROFILE_ENV = "INFERMESH_LINK_PROFILE"
 
 PLANS = counter(
     "infermesh_collective_plans", "Collective plans the coordinator issued", ("cell", "job")
@@ -101,12 +101,13 @@ def plan_job(
     shape = job_shape(job, figures)
     if shape is None:
         return None
-    name = job.spec.env.get(PROFILE_ENV) or DEFAULT_PROFILE[shape.backend]
+    default = DEFAULT_PROFILE[shape.backend]
+    name = job.spec.env.get(PROFILE_ENV) or default
     try:
         links = link_profile(name)
     except UsageError:
-        logger.warning("job %s: unknown %s=%r; using %s", job.job_id, PROFILE_ENV, name, "default")
-        links = link_profile(DEFAULT_PROFILE[shape.backend])
+        logger.warning("job %s: unknown %s=%r; using %s", job.job_id, PROFILE_ENV, name, default)
+        links = link_profile(default)
     if figures.fitted:
         intra, inter = figures.fitted.get("intra"), figures.fitted.get("inter")
         if inter is not None:
@@ -114,21 +115,23 @@ def plan_job(
         links = links.with_measured(intra=intra, inter=inter)
     else:
         links = measured_links(links, shape, figures.bandwidths)
-    config = PlannerConfig(algorithms=shape.backend.algorithms, min_gain=min_gain)
-    previous = _current(job, shape)
+    config = PlannerConfig(
+        algorithms=shape.backend.algorithms, min_gain=min_gain, explore_within=explore_within
+    )
+    current = _current(job, shape)
     choices = _measured_choices(figures)
     measured = {(c.algorithm, c.compression): seconds for c, seconds in choices}
     stats = [Measurement(c, s, step_time(c, shape, links)) for c, s in choices]
-    if previous is not None and job.plan.probe:
-        if (previous.algorithm, previous.compression) not in measured:
-            return shape, previous, True  # the probe has not run a window yet
+    previous = current
+    if current is not None and job.plan.probe:
+        if (current.algorithm, current.compression) not in measured:
+            return shape, current, True  # the probe has not run a window yet
         previous = None  # measured: the fastest plan wins outright
     plan = plan_collectives(
         shape, links, stats, previous=previous, config=config, unmeasured_factor=1.0
     )
-    current = _current(job, shape)
     if current is not None:
-        probe = probe_plan(plan, current, measured, explore_within)
+        probe = probe_plan(plan, current, measured, config.explore_within)
         if probe is not None:
             return shape, probe, True
     return shape, plan, False
@@ -163,7 +166,9 @@ def _current(job: pb.Job, shape: JobShape) -> CollectivePlan | None:
     )
 
 
-def to_message(job_id: str, version: int, plan: CollectivePlan, reason: str) -> pb.CollectivePlan:
+def to_message(
+    job_id: str, version: int, plan: CollectivePlan, reason: str, probe: bool = False
+) -> pb.CollectivePlan:
     """The wire form of ``plan`` as version ``version`` of ``job_id``'s plan."""
     return pb.CollectivePlan(
         job_id=job_id,
@@ -174,11 +179,13 @@ def to_message(job_id: str, version: int, plan: CollectivePlan, reason: str) -> 
         predicted_s=plan.predicted_s,
         reason=reason,
         planned_at=time.time(),
+        probe=probe,
     )
 
 
 class CollectivePlanner:
-    """Re-plans the running jobs of a cell (:meth:`tick`, every :data:`PLAN_INTERVAL_S`)."""
+    """Plans one running job at a time (:meth:`plan`); the coordinator calls it for each of
+    its running jobs every :data:`PLAN_INTERVAL_S`."""
 
     def __init__(self, cell: str, *, min_gain: float = 0.1) -> None:
         self.cell = cell
@@ -205,6 +212,5 @@ class CollectivePlanner:
             shown = f"{shape.nodes} node(s) x {shape.gpus_per_node} rank(s), {shape.backend.value}"
             if job.plan.probe and not probe:
                 shown = f"after exploring; {shown}"
-            message = to_message(job.job_id, job.plan.version + 1, plan, f"{plan.reason}; {shown}")
-            message.probe = probe
-            return message
+            reason = f"{plan.reason}; {shown}"
+            return to_message(job.job_id, job.plan.version + 1, plan, reason, probe)

@@ -150,16 +150,14 @@ def test_nccl_notes_say_why_an_algorithm_has_no_communicator() -> None:
         assert note.endswith("recorded as emulated")
 
 
-def test_gloo_notes_are_unchanged() -> None:
-    assert emulation_notes("gloo") == [
-        "ring: gloo's all_reduce (a ring) -- applied",
-        "tree, halving_doubling: gloo has no such all_reduce; run as gloo's ring and "
-        "recorded as emulated",
-        "hierarchical: intra-node reduce-scatter emulated by an intra-node all_reduce "
-        "(gloo has no async reduce_scatter_tensor; the cost model prices that all_reduce); "
-        "inter-node all-reduce and all-gather applied",
-        "hierarchical_leader, fusion, fp16/bf16, powersgd: applied",
-    ]
+def test_gloo_notes_say_ring_and_the_two_level_steps_gloo_has_are_applied() -> None:
+    ring, flat, hierarchical, rest = emulation_notes("gloo")
+    assert ring == "ring: gloo's all_reduce (a ring) -- applied"
+    assert flat.startswith("tree, halving_doubling: gloo has no such all_reduce")
+    assert flat.endswith("recorded as emulated")
+    assert hierarchical.startswith("hierarchical: intra-node reduce-scatter emulated")
+    assert hierarchical.endswith("inter-node all-reduce and all-gather applied")
+    assert rest == "hierarchical_leader, fusion, fp16/bf16, powersgd: applied"
 
 
 # -- the hook on a one-rank gloo group -------------------------------------------------------

@@ -71,6 +71,7 @@ from infermesh.train.hooks.stragglers import StragglerDetector, StragglerEvent
 from infermesh.train.plan_file import PLAN_FILE_ENV, PlanFile
 from infermesh.train.planning import (
     DEFAULT_PROFILE,
+    PROFILE_ENV,
     Algorithm,
     Backend,
     CollectivePlan,
@@ -98,7 +99,6 @@ __all__ = [
 ]
 
 PLAN_ENV = "INFERMESH_COLLECTIVE_PLAN"
-PROFILE_ENV = "INFERMESH_LINK_PROFILE"
 PlanProvider = Callable[[int], PlanChoice | None]
 """Called on rank 0 at each agreement step with the step number; None keeps the plan."""
 
@@ -454,20 +454,19 @@ class MeshHook:
         schedule), else the coordinator's when it sent one this hook can run, else the local
         planner's."""
         assert self.replanner is not None
-        wanted = self.plan_provider(self.step) if self.plan_provider is not None else None
-        if wanted is None and self.plan_provider is None:
+        if self.plan_provider is not None:
+            wanted = self.plan_provider(self.step)  # None: keep the plan
+        else:
             wanted = self._cell_choice()
-        if wanted is not None or self.plan_provider is not None:
-            if self.step > 0:
-                self._calibrate()  # fit the links anyway (predictions, logs)
-            if wanted is None:  # the provider keeps the plan
-                return self.choice or self.replanner.plan.choice
-            return wanted
-        self._from_cell = 0
-        plan = self.replanner.maybe_replan(self.step)
+            if wanted is None:
+                self._from_cell = 0
+                plan = self.replanner.maybe_replan(self.step)
+                if self.step > 0:
+                    self._log_links()
+                return plan.choice
         if self.step > 0:
-            self._log_links()
-        return plan.choice
+            self._calibrate()  # fit the links anyway (predictions, logs)
+        return wanted or self.choice or self.replanner.plan.choice
 
     def _publish_links(self) -> None:
         """Rank 0: send the links fitted from the measured collectives, and what each plan it

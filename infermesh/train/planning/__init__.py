@@ -27,6 +27,7 @@ from infermesh.train.planning.cost_model import allreduce_time, collectives, ste
 from infermesh.train.planning.links import (
     DEFAULT_LINKS,
     DEFAULT_PROFILE,
+    PROFILE_ENV,
     PROFILES,
     Link,
     LinkClass,
@@ -52,6 +53,7 @@ __all__ = [
     "DEFAULT_LINKS",
     "DEFAULT_PROFILE",
     "PROFILES",
+    "PROFILE_ENV",
     "Algorithm",
     "Alternative",
     "Backend",

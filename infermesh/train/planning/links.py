@@ -149,11 +149,15 @@ PROFILES: dict[Profile, LinkModel] = {
 }
 
 
+PROFILE_ENV = "INFERMESH_LINK_PROFILE"
+"""Names the profile of a job's links (the hook reads it from its environment, the
+coordinator from the job's)."""
+
 DEFAULT_PROFILE: dict[Backend, Profile] = {
     Backend.GLOO: Profile.CPU_LOOPBACK,
     Backend.NCCL: Profile.H100_NVLINK_400G,
 }
-"""The profile a job's links start from when none is named (``INFERMESH_LINK_PROFILE``)."""
+"""The profile a job's links start from when :data:`PROFILE_ENV` names none."""
 
 
 def link_profile(name: str) -> LinkModel:

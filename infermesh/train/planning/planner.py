@@ -259,11 +259,8 @@ class Replanner:
         """:func:`probe_plan` with this replanner's measurements (once the links are fitted)."""
         if not self.calibrated:
             return None
-        return probe_plan(plan, self.plan, self.measured_steps(), self.config.explore_within)
-
-    def measured_steps(self) -> dict[tuple[Algorithm, Compression], float]:
-        """Median measured collective seconds per step of each (algorithm, compression) run."""
-        return {(c.algorithm, c.compression): s for c, s in self.measured_plans()}
+        measured = {(c.algorithm, c.compression): s for c, s in self.measured_plans()}
+        return probe_plan(plan, self.plan, measured, self.config.explore_within)
 
     def measured_plans(self) -> list[tuple[PlanChoice, float]]:
         """Each (algorithm, compression) run: its last choice (with its fusion window) and
